@@ -1,0 +1,12 @@
+"""chuan: build bilingual (Chinese + English) Baichuan-style language models end to end.
+
+Importing chuan registers the Baichuan config and model classes with transformers, so
+`AutoModelForCausalLM.from_pretrained(dir)` works on chuan and released Baichuan dirs without
+`trust_remote_code`.
+"""
+
+from chuan.model import BaichuanConfig, BaichuanForCausalLM, BaichuanModel, preset_config
+
+__version__ = "0.1.0"
+
+__all__ = ["BaichuanConfig", "BaichuanForCausalLM", "BaichuanModel", "preset_config"]

@@ -1,0 +1,145 @@
+"""Conversion between a Baichuan model dir and the plain Hugging Face LLaMA layout.
+
+RoPE Baichuan models are LLaMA with a fused QKV and (Baichuan 2) a normalised head, so the
+export splits `W_pack` into q/k/v (no permutation: both use half-split RoPE) and folds NormHead
+into `lm_head` by normalising its rows in fp32 (reference a.10). The import concatenates q/k/v
+and keeps a plain head: enabling NormHead on a LLaMA head would change the function.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig
+
+from chuan.model.checkpoint import read_config_dict, read_state_dict, write_model_dir
+from chuan.model.config import BaichuanConfig
+
+FORMATS = ("baichuan", "llama")
+_LAYER_KEY = "model.layers.{}.self_attn.{}.weight"
+
+
+def convert(src: str | Path, out: str | Path, to: str, *, overwrite: bool = False) -> Path:
+    """Convert the model dir `src` (format read from its config.json) to format `to`."""
+    if to not in FORMATS:
+        raise ValueError(f"--to must be one of {FORMATS}, got {to!r}")
+    source = read_config_dict(src).get("model_type")
+    if source not in FORMATS:
+        raise ValueError(
+            f"{src}/config.json has model_type {source!r}; chuan converts {FORMATS} only"
+        )
+    if (source, to) == ("llama", "llama"):
+        raise ValueError(f"{src} is already a LLaMA dir; use --to baichuan to import it")
+    if to == "llama":
+        config, state = baichuan_to_llama(BaichuanConfig.from_pretrained(src), read_state_dict(src))
+    elif source == "llama":
+        config, state = llama_to_baichuan(read_config_dict(src), read_state_dict(src))
+    else:  # baichuan -> baichuan: rewrite a released dir (.bin, implicit fields) in chuan's layout
+        config, state = BaichuanConfig.from_pretrained(src), read_state_dict(src)
+    return write_model_dir(out, config, state, side_files_from=src, overwrite=overwrite)
+
+
+def baichuan_to_llama(
+    config: BaichuanConfig, state: dict[str, torch.Tensor]
+) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """A `LlamaForCausalLM` config and state dict computing the same function."""
+    if config.position_encoding != "rope":
+        raise ValueError(
+            "ALiBi models (the 13B family) have no LLaMA equivalent; keep them in the Baichuan "
+            "layout (`chuan convert SRC OUT --to baichuan`)"
+        )
+    q_size = config.num_attention_heads * config.head_dim
+    kv_size = config.num_key_value_heads * config.head_dim
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith("self_attn.W_pack.weight"):
+            prefix = key.removesuffix("W_pack.weight")
+            # Clones: safetensors refuses views that share one storage.
+            q, k, v = (t.clone() for t in tensor.split((q_size, kv_size, kv_size), dim=0))
+            out |= {prefix + "q_proj.weight": q, prefix + "k_proj.weight": k}
+            out[prefix + "v_proj.weight"] = v
+        elif key == "lm_head.weight" and config.norm_head:
+            out[key] = F.normalize(tensor.float(), dim=-1).to(tensor.dtype)
+        else:
+            out[key] = tensor
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    llama = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        initializer_range=config.initializer_range,
+        dtype=_dtype_of(out),
+        architectures=["LlamaForCausalLM"],
+    )
+    return llama, out
+
+
+def llama_to_baichuan(
+    llama: dict, state: dict[str, torch.Tensor]
+) -> tuple[BaichuanConfig, dict[str, torch.Tensor]]:
+    """A Baichuan (RoPE, plain head) config and state dict from a HF LLaMA config dict."""
+    _check_llama_supported(llama)
+    rope = llama.get("rope_parameters") or {}
+    heads = llama["num_attention_heads"]
+    config = BaichuanConfig(
+        vocab_size=llama["vocab_size"],
+        hidden_size=llama["hidden_size"],
+        intermediate_size=llama["intermediate_size"],
+        num_hidden_layers=llama["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=llama.get("num_key_value_heads") or heads,
+        max_position_embeddings=llama.get("max_position_embeddings", 4096),
+        rms_norm_eps=llama.get("rms_norm_eps", 1e-6),
+        initializer_range=llama.get("initializer_range", 0.02),
+        rope_theta=float(llama.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+        tie_word_embeddings=bool(llama.get("tie_word_embeddings", False)),
+        pad_token_id=llama.get("pad_token_id"),
+        bos_token_id=llama.get("bos_token_id", 1),
+        eos_token_id=llama.get("eos_token_id", 2),
+        position_encoding="rope",
+        norm_head=False,
+        architectures=["BaichuanForCausalLM"],
+        dtype=str(_dtype_of(state)).removeprefix("torch."),
+    )
+    out = dict(state)
+    for i in range(config.num_hidden_layers):
+        q, k, v = (out.pop(_LAYER_KEY.format(i, name)) for name in ("q_proj", "k_proj", "v_proj"))
+        out[_LAYER_KEY.format(i, "W_pack")] = torch.cat((q, k, v), dim=0)
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return config, out
+
+
+def _check_llama_supported(llama: dict) -> None:
+    """Name the LLaMA-family features the Baichuan architecture cannot represent."""
+    rope = llama.get("rope_parameters") or llama.get("rope_scaling") or {}
+    problems = []
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        problems.append(f"rope scaling {rope.get('rope_type', rope.get('type'))!r}")
+    if llama.get("attention_bias") or llama.get("mlp_bias"):
+        problems.append("attention or MLP biases")
+    if llama.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {llama['hidden_act']!r}")
+    head_dim = llama.get("head_dim")
+    if head_dim and head_dim * llama["num_attention_heads"] != llama["hidden_size"]:
+        problems.append(f"head_dim {head_dim} != hidden_size / num_attention_heads")
+    if problems:
+        raise ValueError("cannot import this LLaMA model: it uses " + ", ".join(problems))
+
+
+def _dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:
+    return next(t.dtype for t in state.values() if t.is_floating_point())
