@@ -108,24 +108,25 @@ def synchronize(device: str) -> None:
 # --- workers ------------------------------------------------------------------------------
 
 
-def reference_loss(hidden, weight, targets):
-    """The unchunked baseline a plain training loop uses: full fp32 logits, then
-    `F.cross_entropy`. The logits are a local, so they are freed as soon as autograd no
-    longer needs them (log-softmax keeps its own output), the reference's best case."""
+def loss_variants() -> dict:
+    """Name -> `fn(hidden, weight, targets) -> loss`. Call it before the memory baseline, so
+    the imports (transformers comes with chuan) land neither in the peak nor in the time."""
     import torch.nn.functional as F
 
-    logits = (hidden @ weight.T).float()
-    return F.cross_entropy(logits, targets)
-
-
-def chuan_loss(hidden, weight, targets):
-    """chuan's chunked loss, no z-loss, so it is the same quantity as `reference_loss`."""
     from chuan.model import chunked_lm_loss
 
-    return chunked_lm_loss(hidden, weight, targets).loss
+    def chunked(hidden, weight, targets):
+        """chuan's chunked loss without z-loss: the same quantity as `unchunked`."""
+        return chunked_lm_loss(hidden, weight, targets).loss
 
+    def unchunked(hidden, weight, targets):
+        """What a plain training loop does: full fp32 logits, then `F.cross_entropy`. The
+        logits are a local, so once this returns only what autograd saved (log-softmax's
+        output) is left: the reference's best case."""
+        logits = (hidden @ weight.T).float()
+        return F.cross_entropy(logits, targets)
 
-LOSS_VARIANTS = {"chunked": chuan_loss, "unchunked": reference_loss}
+    return {"chunked": chunked, "unchunked": unchunked}
 
 
 def loss_worker(task: dict) -> dict:
@@ -133,6 +134,7 @@ def loss_worker(task: dict) -> dict:
     import torch
 
     device = task["device"]
+    loss_fn = loss_variants()[task["variant"]]
     torch.manual_seed(0)
     # randn writes every element, so the inputs are resident before the baseline is taken.
     hidden = torch.randn(task["tokens"], task["hidden_size"], device=device, requires_grad=True)
@@ -142,7 +144,7 @@ def loss_worker(task: dict) -> dict:
 
     baseline = reset_peak(device)
     cpu_before, start = cpu_snapshot(), time.perf_counter()
-    loss = LOSS_VARIANTS[task["variant"]](hidden, weight, targets)
+    loss = loss_fn(hidden, weight, targets)
     loss.backward()
     synchronize(device)
     seconds = time.perf_counter() - start
@@ -300,7 +302,7 @@ def loss_benchmark(args: argparse.Namespace) -> dict:
     shape = {"tokens": args.tokens, "hidden_size": args.hidden_size, "vocab_size": args.vocab_size}
     rows = [
         run_worker({"kind": "loss", "variant": variant, **worker_settings(args), **shape})
-        for variant in LOSS_VARIANTS
+        for variant in ("chunked", "unchunked")
     ]
     summary = {**shape}
     chunked, unchunked = rows

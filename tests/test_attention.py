@@ -25,6 +25,21 @@ def test_segment_positions_restart_per_document():
     ]
 
 
+def _alibi_spec(*, q_len: int, past_len: int, num_heads: int, head_dim: int):
+    return build_attention_spec(
+        batch=1,
+        q_len=q_len,
+        past_len=past_len,
+        segments=None,
+        position_ids=None,
+        position_encoding="alibi",
+        num_heads=num_heads,
+        head_dim=head_dim,
+        rope_theta=1e4,
+        device=torch.device("cpu"),
+    )
+
+
 def _reference_alibi_attention(attn, x: torch.Tensor, absolute: bool) -> torch.Tensor:
     """Softmax(qk^T/sqrt(d) + bias) v with the bias matrix spelled out element by element."""
     batch, length, hidden = x.shape
@@ -48,18 +63,7 @@ def test_alibi_attention_equals_explicit_bias_matrix(absolute):
     model = BaichuanForCausalLM(preset_config("tiny-alibi", num_attention_heads=8)).eval()
     attn = model.model.layers[0].self_attn
     x = torch.randn(2, 11, model.config.hidden_size)
-    spec = build_attention_spec(
-        batch=2,
-        q_len=11,
-        past_len=0,
-        segments=None,
-        position_ids=None,
-        position_encoding="alibi",
-        num_heads=8,
-        head_dim=attn.head_dim,
-        rope_theta=1e4,
-        device=x.device,
-    )
+    spec = _alibi_spec(q_len=11, past_len=0, num_heads=8, head_dim=attn.head_dim)
     with torch.no_grad():
         torch.testing.assert_close(
             attn(x, spec, None), _reference_alibi_attention(attn, x, absolute), atol=1e-5, rtol=0
@@ -98,18 +102,8 @@ def test_packed_loss_equals_per_document_losses(preset):
 
 
 def test_bf16_autocast_keeps_alibi_bias_in_fp32():
-    spec = build_attention_spec(
-        batch=1,
-        q_len=1,
-        past_len=4095,
-        segments=None,
-        position_ids=None,
-        position_encoding="alibi",
-        num_heads=40,
-        head_dim=128,
-        rope_theta=1e4,
-        device=torch.device("cpu"),
-    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spec = _alibi_spec(q_len=1, past_len=4095, num_heads=40, head_dim=128)
     assert spec.mask.dtype == torch.float32 and spec.upcast
     # slope_0 * (0 - 4095) is exact in fp32 but would round to a multiple of 16 in bf16
     assert spec.mask[0, 0, 0, 0].item() == pytest.approx(-(2**-0.25) * 4095, rel=1e-7)
