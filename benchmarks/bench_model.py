@@ -169,9 +169,15 @@ def chuan_config(shape: str, norm_head: bool):
     if shape == "tiny":
         return preset_config("tiny", norm_head=norm_head, use_cache=False)
     return BaichuanConfig(
-        hidden_size=768, intermediate_size=swiglu_intermediate_size(768), num_hidden_layers=12,
-        num_attention_heads=12, vocab_size=32000, position_encoding="rope", norm_head=norm_head,
-        max_position_embeddings=2048, use_cache=False,
+        hidden_size=768,
+        intermediate_size=swiglu_intermediate_size(768),
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        vocab_size=32000,
+        position_encoding="rope",
+        norm_head=norm_head,
+        max_position_embeddings=2048,
+        use_cache=False,
     )
 
 
@@ -186,12 +192,17 @@ def build_model(impl: str, shape: str):
 
     return LlamaForCausalLM(
         LlamaConfig(
-            hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
             num_hidden_layers=config.num_hidden_layers,
             num_attention_heads=config.num_attention_heads,
-            num_key_value_heads=config.num_attention_heads, vocab_size=config.vocab_size,
-            max_position_embeddings=config.max_position_embeddings, rope_theta=10000.0,
-            rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="sdpa",
+            num_key_value_heads=config.num_attention_heads,
+            vocab_size=config.vocab_size,
+            max_position_embeddings=config.max_position_embeddings,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            attn_implementation="sdpa",
             use_cache=False,
         )
     )
@@ -219,7 +230,7 @@ def model_worker(task: dict) -> dict:
         synchronize(device)
         times.append(time.perf_counter() - start)
     others_cpu = others_cpu_share(cpu_before, time.perf_counter() - timed_start)
-    timed = times[task["warmup"]:]
+    timed = times[task["warmup"] :]
     step_seconds = statistics.median(timed)
     peak = peak_bytes(device)
     return {
@@ -332,18 +343,31 @@ def print_loss_section(result: dict) -> None:
         f"\n## 1. LM loss forward+backward: {summary['tokens']:,} tokens x "
         f"{summary['vocab_size']:,} vocab, hidden {summary['hidden_size']}, fp32\n"
     )
-    headers = ["variant", "extra peak MiB", "of which grads MiB", "extra minus grads MiB",
-               "fwd+bwd s", "others' CPU", "loss"]
+    headers = [
+        "variant",
+        "extra peak MiB",
+        "of which grads MiB",
+        "extra minus grads MiB",
+        "fwd+bwd s",
+        "others' CPU",
+        "loss",
+    ]
     rows = []
     for row in result["rows"]:
         if "error" in row:
             rows.append([row["variant"], row["error"], *[""] * 5])
             continue
-        rows.append([
-            row["variant"], f"{row['extra_peak_mib']:,.0f}", f"{row['grads_mib']:,.0f}",
-            f"{row['extra_peak_mib'] - row['grads_mib']:,.0f}", f"{row['seconds']:.2f}",
-            f"{row['others_cpu']:.0%}", f"{row['loss']:.6f}",
-        ])
+        rows.append(
+            [
+                row["variant"],
+                f"{row['extra_peak_mib']:,.0f}",
+                f"{row['grads_mib']:,.0f}",
+                f"{row['extra_peak_mib'] - row['grads_mib']:,.0f}",
+                f"{row['seconds']:.2f}",
+                f"{row['others_cpu']:.0%}",
+                f"{row['loss']:.6f}",
+            ]
+        )
     print(markdown_table(headers, rows))
     if "ratio" not in summary:
         return
@@ -364,8 +388,13 @@ def model_benchmark(args: argparse.Namespace) -> list[dict]:
     for shape, batch, seq_len in MODEL_RUNS["quick" if args.quick else "full"]:
         for impl in IMPLS:
             task = {
-                "kind": "model", "impl": impl, "shape": shape, "batch": batch,
-                "seq_len": seq_len, "warmup": args.warmup, "steps": args.steps,
+                "kind": "model",
+                "impl": impl,
+                "shape": shape,
+                "batch": batch,
+                "seq_len": seq_len,
+                "warmup": args.warmup,
+                "steps": args.steps,
                 **worker_settings(args),
             }
             rows.append(run_worker(task))
@@ -383,22 +412,41 @@ def print_model_section(rows: list[dict], args: argparse.Namespace) -> None:
         f"\n## 2. Training step (zero_grad+forward+backward, fp32, model.train()): "
         f"median of {args.steps} steps after {args.warmup} warm-up\n"
     )
-    headers = ["shape", "implementation", "params M", "batch", "ms/step", "min ms", "tokens/s",
-               "speed-up vs HF (HF ms / ms)", "others' CPU", f"{memory} MiB", "step extra MiB",
-               "loss"]
+    headers = [
+        "shape",
+        "implementation",
+        "params M",
+        "batch",
+        "ms/step",
+        "min ms",
+        "tokens/s",
+        "speed-up vs HF (HF ms / ms)",
+        "others' CPU",
+        f"{memory} MiB",
+        "step extra MiB",
+        "loss",
+    ]
     table = []
     for row in rows:
         if "error" in row:
             table.append([row["shape"], row["impl"], row["error"], *[""] * 9])
             continue
-        table.append([
-            f"{row['shape']} ({row['dims']})", row["impl"], f"{row['params_m']:.1f}",
-            row["batch"], f"{row['ms_per_step']:,.1f}", f"{row['min_ms_per_step']:,.1f}",
-            f"{row['tokens_per_s']:,.0f}",
-            f"{row['speedup_vs_hf']:.2f}x" if "speedup_vs_hf" in row else "n/a",
-            f"{row['others_cpu']:.0%}", f"{row['peak_mib']:,.0f}",
-            f"{row['step_extra_mib']:,.0f}", f"{row['loss']:.4f}",
-        ])
+        table.append(
+            [
+                f"{row['shape']} ({row['dims']})",
+                row["impl"],
+                f"{row['params_m']:.1f}",
+                row["batch"],
+                f"{row['ms_per_step']:,.1f}",
+                f"{row['min_ms_per_step']:,.1f}",
+                f"{row['tokens_per_s']:,.0f}",
+                f"{row['speedup_vs_hf']:.2f}x" if "speedup_vs_hf" in row else "n/a",
+                f"{row['others_cpu']:.0%}",
+                f"{row['peak_mib']:,.0f}",
+                f"{row['step_extra_mib']:,.0f}",
+                f"{row['loss']:.4f}",
+            ]
+        )
     print(markdown_table(headers, table))
     print(
         "\nchuan = BaichuanForCausalLM with a plain linear head (norm_head=False); "
@@ -415,28 +463,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark chuan's chunked LM loss (peak memory) and training step "
         "(time vs transformers' LlamaForCausalLM); prints markdown tables.",
     )
-    add = parser.add_argument
-    add("--quick", action="store_true",
-        help="smoke run: small loss shape, small batches, fewer steps")
-    add("--json", metavar="PATH", help="also write all results to PATH")
-    add("--device", choices=("cpu", "cuda"), default="cpu",
-        help="cpu (default) measures peak RSS, cuda torch.cuda.max_memory_allocated")
-    add("--only", choices=("loss", "models"), help="run one section only (default: both)")
-    add("--tokens", type=int, help="loss: tokens in the batch (default 4096; --quick 1024)")
-    add("--hidden-size", type=int,
-        help="loss: hidden size (default 4096 = Baichuan2-7B; --quick 512)")
-    add("--vocab-size", type=int, default=BAICHUAN2_VOCAB_SIZE,
-        help=f"loss: vocabulary size (default {BAICHUAN2_VOCAB_SIZE}, Baichuan 2)")
-    add("--steps", type=int, help="models: timed steps (default 5; --quick 2)")
-    add("--warmup", type=int, default=2, help="models: untimed warm-up steps (default 2)")
-    add("--threads", type=int, default=CORES,
-        help=f"torch.set_num_threads in every worker (default {CORES}, the CPU cores)")
+
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: small loss shape, small batches, fewer steps",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write all results to PATH")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default) measures peak RSS, cuda torch.cuda.max_memory_allocated",
+    )
+    parser.add_argument(
+        "--only", choices=("loss", "models"), help="run one section only (default: both)"
+    )
+    parser.add_argument(
+        "--tokens", type=int, help="loss: tokens in the batch (default 4096; --quick 1024)"
+    )
+    parser.add_argument(
+        "--hidden-size",
+        type=int,
+        help="loss: hidden size (default 4096 = Baichuan2-7B; --quick 512)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=BAICHUAN2_VOCAB_SIZE,
+        help=f"loss: vocabulary size (default {BAICHUAN2_VOCAB_SIZE}, Baichuan 2)",
+    )
+    parser.add_argument("--steps", type=int, help="models: timed steps (default 5; --quick 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="models: untimed warm-up steps (default 2)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=CORES,
+        help=f"torch.set_num_threads in every worker (default {CORES}, the CPU cores)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick_or_full = {"tokens": (1024, 4096), "hidden_size": (512, 4096), "steps": (2, 5)}
     for name, (quick, full) in quick_or_full.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     return args
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 IGNORE_INDEX = -100
-DEFAULT_LOGITS_BUDGET = 1 << 25  # elements of one fp32 `[chunk x vocab]` block (128 MiB)
+DEFAULT_LOGITS_BUDGET = 1 << 26  # elements of one fp32 `[chunk x vocab]` block (256 MiB)
 
 
 @dataclass
@@ -38,19 +38,24 @@ def _chunk_terms(
     z_scale: torch.Tensor,
     with_grad: bool,
 ):
-    """Loss sums of one chunk and, if asked, d(loss)/d(logits) of that chunk in weight dtype."""
+    """Loss sums of one chunk and, if asked, d(loss)/d(logits) of that chunk in weight dtype.
+
+    Each pass over the `[chunk x vocab]` block costs as much as a small matmul on a CPU, so the
+    softmax is built in place from the max that the z-loss needs anyway.
+    """
     logits = (hidden @ weight.t()).to(ce_scale.dtype)
-    valid = targets != IGNORE_INDEX
-    safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
-    lse = torch.logsumexp(logits, dim=-1)
+    safe_targets = torch.where(targets != IGNORE_INDEX, targets, torch.zeros_like(targets))
     target_logit = logits.gather(-1, safe_targets[:, None]).squeeze(-1)
     z, z_index = logits.max(dim=-1)
+    exp = logits.sub_(z[:, None]).exp_()  # the logits are not needed after this
+    total = exp.sum(dim=-1)
+    lse = z + total.log()
     ce_sum = ((lse - target_logit) * ce_scale).sum()
     z_sum = (z.square() * z_scale).sum()
     if not with_grad:
         return ce_sum, z_sum, None
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    grad = torch.softmax(logits, dim=-1).mul_(ce_scale[:, None])
+    rows = torch.arange(exp.shape[0], device=exp.device)
+    grad = exp.mul_((ce_scale / total)[:, None])  # softmax * scale
     grad[rows, safe_targets] -= ce_scale
     grad[rows, z_index] += 2.0 * z * z_scale
     return ce_sum, z_sum, grad.to(weight.dtype)
@@ -63,7 +68,7 @@ class _ChunkedLMLoss(torch.autograd.Function):
         ce_total = hidden.new_zeros((), dtype=acc)
         z_total = hidden.new_zeros((), dtype=acc)
         grad_hidden = torch.empty_like(hidden) if with_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=acc) if with_grad else None
+        grad_weight = None
         for start in range(0, hidden.shape[0], chunk_size):
             end = start + chunk_size
             chunk = hidden[start:end]
@@ -79,16 +84,26 @@ class _ChunkedLMLoss(torch.autograd.Function):
             z_total += z_sum
             if with_grad:
                 grad_hidden[start:end] = grad @ weight
-                grad_weight.addmm_(grad.t().to(acc), chunk.to(acc))
-        if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+                grad_t, chunk = grad.t().to(acc), chunk.to(acc)
+                if grad_weight is None:  # the first product initialises it: no zero-fill pass
+                    grad_weight = grad_t @ chunk
+                else:
+                    grad_weight.addmm_(grad_t, chunk)
+        if with_grad and grad_weight is None:  # no tokens at all
+            grad_weight = torch.zeros_like(weight, dtype=acc)
+        # Kept on ctx rather than saved tensors so backward can scale them in place: a
+        # `[vocab x hidden]` copy is as large as the fp32 logits this function avoids.
+        ctx.grads = (grad_hidden, grad_weight.to(weight.dtype)) if with_grad else None
         ctx.mark_non_differentiable(ce_total, z_total)
         return ce_total + z_total, ce_total, z_total
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_z):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None, None
+        if ctx.grads is None:
+            raise RuntimeError("chunked_lm_loss: backward through this graph ran already")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), *(None,) * 5
 
 
 def chunked_lm_loss(
