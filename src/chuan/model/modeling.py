@@ -60,13 +60,16 @@ class NormHead(nn.Linear):
         self._cached: torch.Tensor | None = None
 
     def normalized_weight(self) -> torch.Tensor:
+        """`normalize(W)` by rows; without autograd, a cached copy (one extra `[V, h]`)."""
         if self.training or torch.is_grad_enabled():
-            return F.normalize(_at_least_fp32(self.weight), dim=-1).to(self.weight.dtype)
+            return self._normalize()
         key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
         if key != self._cache_key:
-            self._cached = F.normalize(_at_least_fp32(self.weight), dim=-1).to(self.weight.dtype)
-            self._cache_key = key
+            self._cached, self._cache_key = self._normalize(), key
         return self._cached
+
+    def _normalize(self) -> torch.Tensor:
+        return F.normalize(_at_least_fp32(self.weight), dim=-1).to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalized_weight())
