@@ -1,0 +1,1 @@
+"""Corpus I/O and processing: readers, cleaning, deduplication, mixing, packing."""

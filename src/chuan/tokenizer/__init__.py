@@ -1,0 +1,1 @@
+"""Tokenizers: SentencePiece loading and HF files, training, vocabulary expansion, stats."""
