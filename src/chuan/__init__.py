@@ -5,6 +5,7 @@ Importing chuan registers the Baichuan config and model classes with transformer
 `trust_remote_code`.
 """
 
+import chuan.tokenizer.hf  # noqa: F401  (registers the tokenizer classes with AutoTokenizer)
 from chuan.model import BaichuanConfig, BaichuanForCausalLM, BaichuanModel, preset_config
 
 __version__ = "0.1.0"

@@ -93,6 +93,88 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"prompt_ids": prompt, "new_ids": ids}))
 
 
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from chuan.tokenizer.train import train_tokenizer
+
+    report = train_tokenizer(
+        args.inputs,
+        args.out,
+        vocab_size=args.vocab_size,
+        sample_sentences=args.sample_sentences,
+        seed=args.seed,
+        category_weights=_parse_weights(args.category_weight),
+        text_field=args.text_field,
+        num_threads=args.threads,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+    )
+    sampled = sum(c["sentences_sampled"] for c in report.categories.values())
+    print(
+        f"wrote {args.out}: {report.vocab_size:,} pieces from {sampled:,} sampled lines "
+        f"({report.training_seconds:.0f} s training); report in {args.out}/train_report.json"
+    )
+
+
+def _tokenizer_expand(args: argparse.Namespace) -> None:
+    from chuan.tokenizer.expand import expand_tokenizer
+
+    if (args.pieces is None) == (args.train_on is None):
+        raise ValueError("give --pieces FILE.jsonl, or --train-on INPUT... with --add N")
+    if args.train_on is not None and args.add is None:
+        raise ValueError("--train-on needs --add N (the total number of pieces to add)")
+    report = expand_tokenizer(
+        args.base,
+        args.out,
+        pieces=args.pieces,
+        train_on=args.train_on,
+        add=args.add,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {args.out}: {report.base_size:,} + {report.added_requested:,} requested + "
+        f"{report.added_for_reachability:,} for reachability = {report.final_size:,} pieces"
+    )
+    if report.failed:
+        raise ValueError(f"{len(report.failed)} added pieces do not encode as one token")
+
+
+def _tokenizer_stats(args: argparse.Namespace) -> None:
+    from chuan.tokenizer.stats import render_summary, render_table, tokenizer_stats
+
+    report = tokenizer_stats(args.tokenizers, args.text, json_out=args.json, png_out=args.png)
+    print(render_summary(report, fmt="plain"))
+    print()
+    print(render_summary(report, metric="relative_to_first", fmt="plain"))
+    if args.all_metrics:
+        print()
+        print(render_table(report, fmt="plain"))
+
+
+def _model_resize(args: argparse.Namespace) -> None:
+    from chuan.tokenizer.resize import resize_model
+
+    config = resize_model(
+        args.model,
+        args.tokenizer,
+        args.out,
+        old_tokenizer=args.old_tokenizer,
+        exclude_dummy_prefix=args.exclude_dummy_prefix,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.out}: vocabulary {config.vocab_size:,}, new rows = mean of old pieces")
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        category, sep, value = pair.rpartition("=")
+        if not sep or not category:
+            raise ValueError(f"--category-weight takes CATEGORY=WEIGHT, got {pair!r}")
+        weights[category] = float(value)
+    return weights
+
+
 def _load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
@@ -131,6 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     init.set_defaults(func=_model_init)
 
+    resize = model_verbs.add_parser(
+        "resize",
+        help="grow a model's vocabulary to an expanded tokenizer",
+        description="Resize a model to an expanded tokenizer (Colossal-LLaMA-2): each new row "
+        "of embed_tokens and of lm_head is the mean of the old rows of the piece's split "
+        "under the old tokenizer. Old rows are untouched. Runs on the CPU.",
+    )
+    resize.add_argument("--model", required=True, metavar="DIR", help="model dir to resize")
+    resize.add_argument(
+        "--tokenizer", required=True, metavar="NEW_DIR", help="the expanded tokenizer"
+    )
+    resize.add_argument(
+        "--old-tokenizer", metavar="DIR", help="the model's tokenizer (default: the model dir)"
+    )
+    resize.add_argument(
+        "--exclude-dummy-prefix",
+        action="store_true",
+        help="leave the lone '▁' of the dummy prefix out of the mean (Colossal includes it)",
+    )
+    resize.add_argument("--out", required=True, metavar="DIR", help="model dir to write")
+    resize.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    resize.set_defaults(func=_model_resize)
+
     info = model_verbs.add_parser(
         "info", help="print a model dir's shape, parameter count and FLOPs per token"
     )
@@ -150,6 +255,91 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=["baichuan", "llama"])
     convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     convert.set_defaults(func=_convert)
+
+    tokenizer = verbs.add_parser("tokenizer", help="train, expand and measure tokenizers")
+    tokenizer_verbs = tokenizer.add_subparsers(
+        dest="tokenizer_verb", required=True, metavar="ACTION"
+    )
+    train = tokenizer_verbs.add_parser(
+        "train",
+        help="train a SentencePiece BPE tokenizer with the Baichuan 2 settings",
+        description="Train a BPE tokenizer with Baichuan 2's settings (no normalisation, no "
+        "dummy prefix, digits split, whitespace pieces, byte fallback, coverage 0.9999, pieces "
+        "up to 32 characters) on a bounded, seeded sample of lines; ids 195/196 are the chat "
+        "user/assistant tokens <reserved_106>/<reserved_107>.",
+    )
+    train.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="JSONL / JSON / Parquet / txt files or dirs"
+    )
+    train.add_argument("--vocab-size", type=int, required=True, help="Baichuan 2 used 125696")
+    train.add_argument("--out", required=True, metavar="DIR", help="tokenizer dir to write")
+    train.add_argument(
+        "--sample-sentences", type=int, default=2_000_000, help="lines to train on (2000000)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    train.add_argument(
+        "--category-weight",
+        action="append",
+        default=[],
+        metavar="CATEGORY=WEIGHT",
+        help="oversample a category, e.g. code=2 (repeatable)",
+    )
+    train.add_argument("--text-field", default="text", help="record field with the text")
+    train.add_argument("--threads", type=int, help="SentencePiece threads (default: all cores)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--verbose", action="store_true", help="show SentencePiece's log")
+    train.set_defaults(func=_tokenizer_train)
+
+    expand = tokenizer_verbs.add_parser(
+        "expand",
+        help="append pieces to an existing tokenizer (Colossal-LLaMA-2), keeping base ids",
+        description="Expand a SentencePiece BPE tokenizer: pieces are appended after the base "
+        "vocabulary (duplicates dropped, base ids unchanged), plus the intermediate pieces "
+        "their BPE merges need, and every requested piece is verified to encode as one token.",
+    )
+    expand.add_argument("--base", required=True, metavar="DIR", help="tokenizer to expand")
+    expand.add_argument("--pieces", metavar="FILE.jsonl", help='lines of {"piece": "..."}')
+    expand.add_argument(
+        "--train-on", nargs="+", metavar="INPUT", help="learn the new pieces from a corpus"
+    )
+    expand.add_argument(
+        "--add", type=int, help="with --train-on: total pieces to add (reachability included)"
+    )
+    expand.add_argument("--seed", type=int, default=0, help="seed for --train-on (default 0)")
+    expand.add_argument(
+        "--ascii-pieces",
+        action="store_true",
+        help="with --train-on: also learn pieces with ASCII characters (changes how English "
+        "encodes; off by default)",
+    )
+    expand.add_argument("--out", required=True, metavar="DIR", help="tokenizer dir to write")
+    expand.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    expand.set_defaults(func=_tokenizer_expand)
+
+    stats = tokenizer_verbs.add_parser(
+        "stats",
+        help="compare tokenizers' compression per language",
+        description="Side-by-side table per tokenizer and language: tokens per 1,000 "
+        "characters, characters and bytes per token, compression relative to the first "
+        "tokenizer, byte-fallback rate, share of the vocabulary used; optional JSON and PNG.",
+    )
+    stats.add_argument(
+        "tokenizers",
+        nargs="+",
+        metavar="TOKDIR",
+        help="tokenizer dirs or .model files, optionally NAME=PATH; the first is the baseline",
+    )
+    stats.add_argument(
+        "--text",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="text files, optionally LANG=FILE (else zh when >30%% of letters are Han, else en)",
+    )
+    stats.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    stats.add_argument("--png", metavar="OUT", help="write a bar chart of tokens per 1k chars")
+    stats.add_argument("--all-metrics", action="store_true", help="also print every metric")
+    stats.set_defaults(func=_tokenizer_stats)
 
     gen = verbs.add_parser(
         "generate",

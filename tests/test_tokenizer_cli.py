@@ -1,0 +1,102 @@
+"""The tokenizer verbs end to end: train -> expand -> model init -> resize, through `chuan`."""
+
+import json
+
+import pytest
+
+from chuan.cli import build_parser, main
+from chuan.tokenizer.spm import load_sentencepiece
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data):
+    """Two thousand lines of real bilingual text as JSONL with categories."""
+    tsv = (shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8")
+    rows = [line.split("\t") for line in tsv.splitlines()[1:1001]]
+    path = tmp_path_factory.mktemp("corpus") / "bible.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for _, en, zh, _ in rows:
+            f.write(json.dumps({"text": en, "category": "en"}) + "\n")
+            f.write(json.dumps({"text": zh, "category": "zh"}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_train_expand_init_resize(corpus, tmp_path, capsys):
+    tok = tmp_path / "tok"
+    main(
+        [
+            "tokenizer",
+            "train",
+            str(corpus),
+            "--vocab-size",
+            "3000",
+            "--out",
+            str(tok),
+            "--category-weight",
+            "zh=2",
+        ]
+    )
+    report = json.loads((tok / "train_report.json").read_text())
+    assert report["category_weights"] == {"zh": 2.0}
+    sp = load_sentencepiece(tok)
+    assert sp.vocab_size() == 3000 and sp.id_to_piece(195) == "<reserved_106>"
+
+    pieces = tmp_path / "pieces.jsonl"
+    pieces.write_text('{"piece": "起初神创造"}\n{"piece": "耶和华"}\n', encoding="utf-8")
+    expanded = tmp_path / "tok-x"
+    main(
+        ["tokenizer", "expand", "--base", str(tok), "--pieces", str(pieces), "--out", str(expanded)]
+    )
+    assert "for reachability" in capsys.readouterr().out
+    sp_x = load_sentencepiece(expanded)
+    assert [sp_x.id_to_piece(i) for i in range(3000)] == [sp.id_to_piece(i) for i in range(3000)]
+    assert len(sp_x.encode("耶和华")) == 1
+
+    model = tmp_path / "model"
+    main(["model", "init", "--preset", "tiny", "--tokenizer", str(tok), "--out", str(model)])
+    resized = tmp_path / "model-x"
+    main(
+        [
+            "model",
+            "resize",
+            "--model",
+            str(model),
+            "--tokenizer",
+            str(expanded),
+            "--out",
+            str(resized),
+        ]
+    )
+    config = json.loads((resized / "config.json").read_text())
+    assert config["vocab_size"] == sp_x.vocab_size()
+
+
+def test_expand_needs_pieces_or_corpus(tmp_path, shared_data):
+    with pytest.raises(SystemExit, match="--pieces"):
+        main(
+            [
+                "tokenizer",
+                "expand",
+                "--base",
+                str(shared_data / "tokenizers" / "llama"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["tokenizer"],
+        ["tokenizer", "train"],
+        ["tokenizer", "expand"],
+        ["tokenizer", "stats"],
+        ["model", "resize"],
+    ],
+)
+def test_tokenizer_verbs_have_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: chuan" in capsys.readouterr().out
