@@ -71,18 +71,54 @@ def test_train_expand_init_resize(corpus, tmp_path, capsys):
     assert config["vocab_size"] == sp_x.vocab_size()
 
 
-def test_expand_needs_pieces_or_corpus(tmp_path, shared_data):
-    with pytest.raises(SystemExit, match="--pieces"):
-        main(
-            [
-                "tokenizer",
-                "expand",
-                "--base",
-                str(shared_data / "tokenizers" / "llama"),
-                "--out",
-                str(tmp_path / "x"),
-            ]
+def test_expand_needs_pieces_or_corpus(tmp_path, shared_data, capsys):
+    base = ["tokenizer", "expand", "--base", str(shared_data / "tokenizers" / "llama")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "--pieces" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="add"):
+        main([*base, "--train-on", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_expand_flags_reach_the_library(tmp_path, monkeypatch):
+    """Every expand option is passed through (a renamed flag once silently did nothing)."""
+    import chuan.tokenizer.expand as expand
+
+    seen = {}
+
+    def fake_expand(base, out, **kwargs):
+        seen.update(kwargs)
+        return expand.ExpandReport(
+            base_size=1, added_requested=0, added_for_reachability=0, final_size=1
         )
+
+    monkeypatch.setattr(expand, "expand_tokenizer", fake_expand)
+    main(
+        [
+            "tokenizer",
+            "expand",
+            "--base",
+            "b",
+            "--train-on",
+            "c",
+            "--add",
+            "5",
+            "--any-script",
+            "--seed",
+            "7",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert seen == {
+        "pieces": None,
+        "train_on": ["c"],
+        "add": 5,
+        "seed": 7,
+        "any_script": True,
+        "overwrite": False,
+    }
 
 
 @pytest.mark.parametrize(

@@ -118,10 +118,6 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 def _tokenizer_expand(args: argparse.Namespace) -> None:
     from chuan.tokenizer.expand import expand_tokenizer
 
-    if (args.pieces is None) == (args.train_on is None):
-        raise ValueError("give --pieces FILE.jsonl, or --train-on INPUT... with --add N")
-    if args.train_on is not None and args.add is None:
-        raise ValueError("--train-on needs --add N (the total number of pieces to add)")
     report = expand_tokenizer(
         args.base,
         args.out,
@@ -129,6 +125,7 @@ def _tokenizer_expand(args: argparse.Namespace) -> None:
         train_on=args.train_on,
         add=args.add,
         seed=args.seed,
+        any_script=args.any_script,
         overwrite=args.overwrite,
     )
     print(
@@ -298,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         "their BPE merges need, and every requested piece is verified to encode as one token.",
     )
     expand.add_argument("--base", required=True, metavar="DIR", help="tokenizer to expand")
-    expand.add_argument("--pieces", metavar="FILE.jsonl", help='lines of {"piece": "..."}')
-    expand.add_argument(
+    source = expand.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pieces", metavar="FILE.jsonl", help='lines of {"piece": "..."}')
+    source.add_argument(
         "--train-on", nargs="+", metavar="INPUT", help="learn the new pieces from a corpus"
     )
     expand.add_argument(
@@ -307,10 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     expand.add_argument("--seed", type=int, default=0, help="seed for --train-on (default 0)")
     expand.add_argument(
-        "--ascii-pieces",
+        "--any-script",
         action="store_true",
-        help="with --train-on: also learn pieces with ASCII characters (changes how English "
-        "encodes; off by default)",
+        help="with --train-on: learn pieces of any script, not only CJK ones (may change how "
+        "English encodes)",
     )
     expand.add_argument("--out", required=True, metavar="DIR", help="tokenizer dir to write")
     expand.add_argument("--overwrite", action="store_true", help="replace an existing --out")

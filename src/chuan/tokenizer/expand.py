@@ -37,14 +37,16 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from chuan.data.io import Document, iter_documents
+from chuan.data.io import iter_documents
 from chuan.tokenizer.spm import ModelProto, load_proto, write_tokenizer_dir
+from chuan.tokenizer.train import split_sentences
 
 Piece = ModelProto.SentencePiece
 # Piece types SentencePiece's BPE may produce by merging (CONTROL, UNKNOWN and BYTE never).
 _MERGEABLE = (Piece.NORMAL, Piece.USER_DEFINED, Piece.UNUSED)
 _NORMALIZATION_RULES = ("identity", "nfkc", "nmt_nfkc", "nfkc_cf", "nmt_nfkc_cf")
 REPORT_FILE = "expand_report.json"
+_MAX_SENTENCE_BYTES = 1 << 16
 # Han (with extensions and compatibility ideographs), CJK punctuation, full-width forms.
 _CJK = re.compile(
     "[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]+"
@@ -283,7 +285,12 @@ def learn_candidates(
     if isinstance(train_on, (str, Path)):
         train_on = [train_on]
     spm.set_random_generator_seed(seed)
-    model = _train_bpe(_sentences(iter_documents(train_on)), base, vocab_size)
+    sentences = (
+        line
+        for doc in iter_documents(train_on)
+        for line in split_sentences(doc.text, _MAX_SENTENCE_BYTES)
+    )
+    model = _train_bpe(sentences, base, vocab_size)
     learned = sorted((p for p in model.pieces if p.type == Piece.NORMAL), key=lambda p: -p.score)
     merged = [p.piece for p in learned if len(p.piece) > 1]
     characters = [p.piece for p in learned if len(p.piece) == 1]
@@ -295,14 +302,6 @@ def learn_candidates(
     ordered.update(dict.fromkeys(characters))
     in_base = {p.piece for p in base.pieces}
     return [p for p in ordered if p not in in_base and (any_script or _CJK.fullmatch(p))]
-
-
-def _sentences(documents: Iterable[Document]) -> Iterator[str]:
-    """Lines of the documents: SentencePiece trains on sentences, and skips over-long ones."""
-    for doc in documents:
-        for line in doc.text.splitlines():
-            if line.strip():
-                yield line
 
 
 def _train_bpe(sentences: Iterator[str], base: ModelProto, vocab_size: int) -> ModelProto:
@@ -323,7 +322,7 @@ def _train_bpe(sentences: Iterator[str], base: ModelProto, vocab_size: int) -> M
         split_by_whitespace=trainer.split_by_whitespace,
         split_by_unicode_script=trainer.split_by_unicode_script,
         max_sentencepiece_length=trainer.max_sentencepiece_length or 16,
-        max_sentence_length=1 << 16,
+        max_sentence_length=_MAX_SENTENCE_BYTES,
         byte_fallback=False,
         num_threads=1,
         minloglevel=2,
