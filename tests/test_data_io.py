@@ -143,5 +143,5 @@ def test_records_are_reusable_with_another_text_field(tmp_path):
 def test_non_utf8_file_is_named(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café\n".encode("latin-1"))
-    with pytest.raises(RecordError, match=r"latin1\.txt: not UTF-8 text"):
+    with pytest.raises(RecordError, match=r"latin1\.txt:1: not UTF-8 text"):
         list(iter_documents([path]))

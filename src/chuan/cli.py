@@ -115,6 +115,46 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     )
 
 
+def _data_pack(args: argparse.Namespace) -> None:
+    from chuan.data.pack import REPORT_FILE, pack_corpus
+
+    report = pack_corpus(
+        args.inputs,
+        args.tokenizer,
+        args.out,
+        max_length=args.max_length,
+        bins=args.bins,
+        seed=args.seed,
+        add_bos=args.add_bos,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {args.out}: {report.documents:,} documents ({report.rejected:,} rejected) -> "
+        f"{report.rows:,} rows of {report.max_length:,} tokens, fill {report.fill:.1%}; "
+        f"report in {args.out}/{REPORT_FILE}"
+    )
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from chuan.train.config import load_pretrain_config
+    from chuan.train.loop import TrainingDiverged, pretrain
+
+    try:
+        result = pretrain(load_pretrain_config(args.config, args.overrides), resume=args.resume)
+    except TrainingDiverged as err:
+        sys.exit(f"chuan pretrain: {err}")
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.steps}; continue with the same command and --resume auto"
+        )
+        return
+    held = "" if result.eval_loss is None else f", held-out loss {result.eval_loss:.4f}"
+    print(
+        f"trained {result.steps:,} steps on {result.tokens:,} tokens: loss {result.final_loss:.4f}"
+        f"{held}; model in {result.model_dir}, report in {result.run_dir}/report.md"
+    )
+
+
 def _tokenizer_expand(args: argparse.Namespace) -> None:
     from chuan.tokenizer.expand import expand_tokenizer
 
@@ -252,6 +292,58 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=["baichuan", "llama"])
     convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     convert.set_defaults(func=_convert)
+
+    data = verbs.add_parser("data", help="prepare corpora for training")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    pack = data_verbs.add_parser(
+        "pack",
+        help="tokenize documents and splice them into fixed-length rows, bins -> buckets",
+        description="Tokenize documents {text} and Colossal records {source, target}, splice "
+        "them per category and bin into rows of exactly --max-length tokens (no token dropped; "
+        "segment ids keep documents apart) and write a datasets dir with input_ids, "
+        "segment_ids, loss_mask, category and bucket, plus report.json and rejects.jsonl.",
+    )
+    pack.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="JSONL / JSON / Parquet / txt files or dirs"
+    )
+    pack.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer or model dir")
+    pack.add_argument("--out", required=True, metavar="DIR", help="dataset dir to write")
+    pack.add_argument(
+        "--max-length", type=int, required=True, help="tokens per row (Baichuan 2: 4096)"
+    )
+    pack.add_argument(
+        "--bins", type=int, default=1, help="bins per category, = buckets (default 1)"
+    )
+    pack.add_argument("--seed", type=int, default=0, help="row shuffle seed (default 0)")
+    pack.add_argument("--add-bos", action="store_true", help="start plain documents with BOS")
+    pack.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pack.set_defaults(func=_data_pack)
+
+    pretrain = verbs.add_parser(
+        "pretrain",
+        help="pretrain or continue pretraining on packed data (stages, checkpoints, torchrun)",
+        description="Train a Baichuan-architecture model on `chuan data pack` outputs, from a "
+        "preset (from scratch) or any chuan / Baichuan / HF LLaMA model dir (continued "
+        "pretraining), through the stages of a YAML recipe (see configs/ and docs/pretrain.md). "
+        "Run it under `torchrun --nproc_per_node N` for DDP or FSDP2. Writes OUT/checkpoints/, "
+        "OUT/model/, metrics.jsonl, TensorBoard logs, report.md/json and loss.png.",
+        epilog="example: chuan pretrain --config configs/tiny-cpu.yaml optim.lr=1e-3 "
+        "stages.0.steps=200 --resume auto",
+    )
+    pretrain.add_argument("--config", required=True, metavar="FILE.yaml", help="the recipe")
+    pretrain.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of recipe fields, e.g. optim.lr=3e-4 stages.0.steps=100 out=runs/x",
+    )
+    pretrain.add_argument(
+        "--resume",
+        metavar="auto|CHECKPOINT",
+        help="continue from the newest complete checkpoint in `out` (auto) or from the given "
+        "checkpoint dir; without it, `out` must not hold checkpoints",
+    )
+    pretrain.set_defaults(func=_pretrain)
 
     tokenizer = verbs.add_parser("tokenizer", help="train, expand and measure tokenizers")
     tokenizer_verbs = tokenizer.add_subparsers(

@@ -22,6 +22,7 @@ import gzip
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ COMPRESSIONS = ("", ".gz", ".zst")
 SUFFIXES = tuple(f + c for f in TEXT_FORMATS for c in COMPRESSIONS) + (".parquet",)
 
 _PARQUET_BATCH_ROWS = 1024
+# Bytes that are not UTF-8, as `errors="surrogateescape"` decodes them.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class RecordError(ValueError):
@@ -112,14 +115,18 @@ def corpus_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return files
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading as UTF-8, decompressing `.gz` and `.zst` on the fly."""
+def open_text(path: str | Path, errors: str = "strict") -> IO[str]:
+    """Open a text file for reading as UTF-8, decompressing `.gz` and `.zst` on the fly.
+
+    `errors` as for `open`; "surrogateescape" keeps bytes that are not UTF-8 as lone
+    surrogates, so a reader can reject just the lines that hold them.
+    """
     path = Path(path)
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors)
     if path.name.endswith(".zst"):
-        return zstandard.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return zstandard.open(path, "rt", encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def iter_records(
@@ -128,7 +135,7 @@ def iter_records(
     """Yield `(line, record)` for every record of one corpus file.
 
     Records are whatever the file holds (usually dicts; `.txt` lines become `{"text": line}`).
-    A line that is not valid JSON (or not UTF-8) becomes a `RecordError`: raised when
+    A line that is not valid JSON or not UTF-8 becomes a `RecordError`: raised when
     `on_error` is None, otherwise passed to `on_error` and skipped.
     """
     fmt = format_of(path)
@@ -137,20 +144,32 @@ def iter_records(
     if fmt == ".parquet":
         yield from _parquet_records(path)
         return
-    with open_text(path) as f:
-        try:
-            if fmt.startswith(".txt"):
-                yield from _txt_records(f)
-            else:
-                yield from _json_records(f, path, not fmt.startswith(".jsonl"), on_error)
-        except UnicodeDecodeError as e:
-            raise RecordError(path, None, f"not UTF-8 text ({e.reason})") from e
+    with open_text(path, errors="surrogateescape") as f:
+        if fmt.startswith(".txt"):
+            yield from _txt_records(f, path, on_error)
+        else:
+            yield from _json_records(f, path, not fmt.startswith(".jsonl"), on_error)
 
 
-def _txt_records(f: IO[str]) -> Iterator[tuple[int, dict]]:
+def _is_utf8(
+    path: str | Path, number: int, line: str, on_error: Callable[[RecordError], None] | None
+) -> bool:
+    """Whether `line` decoded cleanly; if not, its `RecordError` is raised or reported."""
+    if _UNDECODABLE.search(line) is None:
+        return True
+    error = RecordError(path, number, "not UTF-8 text")
+    if on_error is None:
+        raise error
+    on_error(error)
+    return False
+
+
+def _txt_records(
+    f: IO[str], path: str | Path, on_error: Callable[[RecordError], None] | None
+) -> Iterator[tuple[int, dict]]:
     for number, line in enumerate(f, 1):
         text = line.rstrip("\r\n")
-        if text.strip():
+        if text.strip() and _is_utf8(path, number, text, on_error):
             yield number, {"text": text}
 
 
@@ -162,13 +181,19 @@ def _json_records(
     if head is None:
         return
     if allow_array and head[1].lstrip().startswith("["):
+        text = head[1] + f.read()
+        if bad := _UNDECODABLE.search(text):
+            line = head[0] + text.count("\n", 0, bad.start())
+            raise RecordError(path, line, "not UTF-8 text (the whole JSON array is unusable)")
         try:
-            array = json.loads(head[1] + f.read())
+            array = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecordError(path, head[0] + e.lineno - 1, f"invalid JSON array ({e.msg})") from e
         yield from enumerate(array, 1)
         return
     for number, line in itertools.chain([head], lines):
+        if not _is_utf8(path, number, line, on_error):
+            continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as e:

@@ -16,6 +16,7 @@ from transformers import LlamaConfig
 
 from chuan.model.checkpoint import read_config_dict, read_state_dict, write_model_dir
 from chuan.model.config import BaichuanConfig
+from chuan.model.modeling import BaichuanForCausalLM
 
 FORMATS = ("baichuan", "llama")
 _LAYER_KEY = "model.layers.{}.self_attn.{}.weight"
@@ -39,6 +40,40 @@ def convert(src: str | Path, out: str | Path, to: str, *, overwrite: bool = Fals
     else:  # baichuan -> baichuan: rewrite a released dir (.bin, implicit fields) in chuan's layout
         config, state = BaichuanConfig.from_pretrained(src), read_state_dict(src)
     return write_model_dir(out, config, state, side_files_from=src, overwrite=overwrite)
+
+
+def load_as_baichuan(
+    src: str | Path, *, dtype: torch.dtype = torch.float32, **config_overrides
+) -> BaichuanForCausalLM:
+    """Any Baichuan, chuan or HF LLaMA model dir as a chuan model, converted in memory.
+
+    This is how continued pretraining starts from LLaMA-2 without an intermediate dir.
+    """
+    raw = read_config_dict(src)
+    if raw.get("model_type") == "llama":
+        config, state = llama_to_baichuan(raw, read_state_dict(src))
+    elif raw.get("model_type") == "baichuan":
+        config, state = BaichuanConfig.from_pretrained(src), read_state_dict(src)
+    else:
+        raise ValueError(
+            f"{src}/config.json has model_type {raw.get('model_type')!r}; "
+            f"chuan loads {FORMATS} dirs"
+        )
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"unknown model config field {key!r}")
+        setattr(config, key, value)
+    model = BaichuanForCausalLM(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{src}: weights do not fit the config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(dtype)
 
 
 def baichuan_to_llama(

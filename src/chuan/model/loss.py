@@ -13,6 +13,7 @@ added per position. Its gradient goes to the arg-max logit only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,15 @@ DEFAULT_LOGITS_BUDGET = 1 << 26  # elements of one fp32 `[chunk x vocab]` block 
 
 @dataclass
 class LMLoss:
-    """`loss` (differentiable) = `ce + z_loss`; the two parts are detached, for logging."""
+    """`loss` (differentiable) = `ce + z_loss`; the other fields are detached, for logging.
+
+    `max_logit` is the largest logit over all positions, the quantity the max-z loss bounds.
+    """
 
     loss: torch.Tensor
     ce: torch.Tensor
     z_loss: torch.Tensor
+    max_logit: torch.Tensor
 
 
 def _chunk_terms(
@@ -53,12 +58,12 @@ def _chunk_terms(
     ce_sum = ((lse - target_logit) * ce_scale).sum()
     z_sum = (z.square() * z_scale).sum()
     if not with_grad:
-        return ce_sum, z_sum, None
+        return ce_sum, z_sum, z.max(), None
     rows = torch.arange(exp.shape[0], device=exp.device)
     grad = exp.mul_((ce_scale / total)[:, None])  # softmax * scale
     grad[rows, safe_targets] -= ce_scale
     grad[rows, z_index] += 2.0 * z * z_scale
-    return ce_sum, z_sum, grad.to(weight.dtype)
+    return ce_sum, z_sum, z.max(), grad.to(weight.dtype)
 
 
 class _ChunkedLMLoss(torch.autograd.Function):
@@ -67,12 +72,13 @@ class _ChunkedLMLoss(torch.autograd.Function):
         acc = ce_scale.dtype
         ce_total = hidden.new_zeros((), dtype=acc)
         z_total = hidden.new_zeros((), dtype=acc)
+        max_logit = hidden.new_full((), -math.inf, dtype=acc)
         grad_hidden = torch.empty_like(hidden) if with_grad else None
         grad_weight = None
         for start in range(0, hidden.shape[0], chunk_size):
             end = start + chunk_size
             chunk = hidden[start:end]
-            ce_sum, z_sum, grad = _chunk_terms(
+            ce_sum, z_sum, chunk_max, grad = _chunk_terms(
                 chunk,
                 weight,
                 targets[start:end],
@@ -82,6 +88,7 @@ class _ChunkedLMLoss(torch.autograd.Function):
             )
             ce_total += ce_sum
             z_total += z_sum
+            torch.maximum(max_logit, chunk_max, out=max_logit)
             if with_grad:
                 grad_hidden[start:end] = grad @ weight
                 grad_t, chunk = grad.t().to(acc), chunk.to(acc)
@@ -94,11 +101,11 @@ class _ChunkedLMLoss(torch.autograd.Function):
         # Kept on ctx rather than saved tensors so backward can scale them in place: a
         # `[vocab x hidden]` copy is as large as the fp32 logits this function avoids.
         ctx.grads = (grad_hidden, grad_weight.to(weight.dtype)) if with_grad else None
-        ctx.mark_non_differentiable(ce_total, z_total)
-        return ce_total + z_total, ce_total, z_total
+        ctx.mark_non_differentiable(ce_total, z_total, max_logit)
+        return ce_total + z_total, ce_total, z_total, max_logit
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_ce, _grad_z):
+    def backward(ctx, grad_loss, _grad_ce, _grad_z, _grad_max):
         if ctx.grads is None:
             raise RuntimeError("chunked_lm_loss: backward through this graph ran already")
         grad_hidden, grad_weight = ctx.grads
@@ -138,7 +145,7 @@ def chunked_lm_loss(
     if chunk_size is None:
         chunk_size = max(1, DEFAULT_LOGITS_BUDGET // weight.shape[0])
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    loss, ce, z = _ChunkedLMLoss.apply(
+    loss, ce, z, max_logit = _ChunkedLMLoss.apply(
         hidden, weight, targets, ce_scale, z_scale, chunk_size, with_grad
     )
-    return LMLoss(loss=loss, ce=ce, z_loss=z)
+    return LMLoss(loss=loss, ce=ce, z_loss=z, max_logit=max_logit)

@@ -9,6 +9,7 @@ checkpoints load unchanged; the classes plug into transformers (`from_pretrained
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -235,6 +236,15 @@ class BaichuanModel(BaichuanPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=cache)
 
 
+@dataclass
+class BaichuanCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the detached loss parts a training loop logs."""
+
+    ce_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+    max_logit: torch.Tensor | None = None
+
+
 class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -275,11 +285,14 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        loss_reduction: str = "mean",
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> BaichuanCausalLMOutput:
         """With `labels` (shifted inside, -100 = no label) the loss is computed in chunks and
-        `logits` is None: the full `[tokens x vocab]` logits are never built. Without labels,
-        `logits_to_keep=k` returns fp32 logits of the last k positions only (0 = all)."""
+        `logits` is None: the full `[tokens x vocab]` logits are never built. The loss is the
+        mean over labelled tokens, or with `loss_reduction="sum"` the sum, which a training
+        loop divides by the token count of its whole (accumulated, distributed) batch. Without
+        labels, `logits_to_keep=k` returns fp32 logits of the last k positions only (0 = all)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -296,9 +309,16 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
                 labels[:, 1:],
                 z_loss_weight=self.config.z_loss_weight,
                 z_loss_over_all_positions=self.config.z_loss_over_all_positions,
+                reduction=loss_reduction,
             )
-            return CausalLMOutputWithPast(loss=lm.loss, past_key_values=outputs.past_key_values)
+            return BaichuanCausalLMOutput(
+                loss=lm.loss,
+                past_key_values=outputs.past_key_values,
+                ce_loss=lm.ce,
+                z_loss=lm.z_loss,
+                max_logit=lm.max_logit,
+            )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = F.linear(hidden, self.head_weight()).float()
-        return CausalLMOutputWithPast(logits=logits, past_key_values=outputs.past_key_values)
+        return BaichuanCausalLMOutput(logits=logits, past_key_values=outputs.past_key_values)

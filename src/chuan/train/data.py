@@ -1,0 +1,121 @@
+"""Packed rows for training, addressed by a global sample index so that resuming is exact.
+
+A stage reads the rows of one or more `chuan data pack` outputs (optionally only some of their
+buckets). Sample `k` of a stage is row `order(k // n)[k % n]`: with `shuffle` the order of each
+epoch is a permutation drawn from `(seed, epoch)`, otherwise the stored order (the packer's
+bucket order). The data position of a run is therefore one integer, and any rank can find its
+rows of any step without replaying a sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from chuan.data.pack import labels_from_row
+from datasets import Dataset, concatenate_datasets, load_from_disk
+
+
+@dataclass
+class Batch:
+    """One micro-batch: token ids, segment ids (the model's 2-D attention mask) and labels."""
+
+    input_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.input_ids, self.segment_ids, self.labels)
+            )
+        )
+
+    @property
+    def num_labels(self) -> int:
+        return int((self.labels[:, 1:] != -100).sum())
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.segment_ids != 0).sum())
+
+
+def load_packed(path: str | Path) -> Dataset:
+    """A packed dataset dir, with an error that says how to make one."""
+    path = Path(path)
+    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a packed dataset; make one with "
+            "`chuan data pack INPUT... --tokenizer DIR --out DIR --max-length N`"
+        )
+    dataset = load_from_disk(str(path))
+    missing = {"input_ids", "segment_ids", "loss_mask"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{path}: packed dataset lacks column(s) {sorted(missing)}; re-run pack")
+    return dataset
+
+
+class PackedRows:
+    """The rows one stage trains on (or the held-out rows), as fixed-length numpy views."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        buckets: list[int] | None = None,
+        holdout: dict[str, int] | None = None,
+        take_holdout: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        """`holdout` maps a dataset path to a count of rows at its end that are held out:
+        excluded from training, or (with `take_holdout`) the only rows taken."""
+        parts = []
+        for path in paths:
+            dataset = load_packed(path)
+            held = (holdout or {}).get(str(Path(path).resolve()), 0)
+            if held >= len(dataset) and held:
+                raise ValueError(f"{path}: holdout of {held} rows leaves no training rows")
+            keep = (
+                range(len(dataset) - held, len(dataset))
+                if take_holdout
+                else range(len(dataset) - held)
+            )
+            if buckets is not None:
+                if "bucket" not in dataset.column_names:
+                    raise ValueError(f"{path}: `buckets` given but the dataset has no buckets")
+                bucket = np.asarray(dataset["bucket"])
+                keep = [i for i in keep if bucket[i] in set(buckets)]
+            parts.append(dataset.select(keep))
+        data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        if len(data) == 0:
+            raise ValueError(f"no rows to read in {', '.join(paths)} (buckets {buckets})")
+        # Rows stay memory-mapped Arrow; a batch is one `take`, so a corpus larger than RAM works.
+        self.data = data.with_format("numpy", columns=["input_ids", "segment_ids", "loss_mask"])
+        self.row_length = len(self.data[0]["input_ids"])
+        self.shuffle = shuffle
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def row(self, sample: int) -> int:
+        """The row index of global sample `sample` (epochs wrap with a fresh permutation)."""
+        epoch, index = divmod(sample, len(self))
+        if not self.shuffle:
+            return index
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self))}
+        return int(self._orders[epoch][index])
+
+    def batch(self, samples: range | list[int]) -> Batch:
+        rows = self.data[[self.row(k) for k in samples]]
+        ids, segments, mask = (
+            torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
+            for c in ("input_ids", "segment_ids", "loss_mask")
+        )
+        return Batch(ids, segments, torch.as_tensor(labels_from_row(ids, segments, mask)))
