@@ -96,7 +96,7 @@ def from_dict(cls: type[T], data: dict, *, prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!r}; {cls.__name__} takes: {', '.join(sorted(names))}"
+            f"unknown key '{prefix}{unknown[0]}'; {cls.__name__} takes: {', '.join(sorted(names))}"
         )
     kwargs = {name: _convert(v, hints[name], f"{prefix}{name}") for name, v in data.items()}
     try:
