@@ -22,7 +22,7 @@ for chuan also its end-of-run checkpoint). Linux carries a parent's peak RSS int
 child's `ru_maxrss`, so this parent process never imports torch (see `bench_model.py`).
 Throughput excludes the first `--warmup` steps; MFU is tokens/s x
 `training_flops_per_token` / this CPU's fp32 matmul peak, measured by
-`chuan.train.metrics.measure_matmul_peak` before and after the runners (the higher counts).
+`chuan.train.metrics.measure_matmul_peak` before each shape's runners (the highest counts).
 
     PYTHONPATH=src python benchmarks/bench_train.py --json train.json   # full run
     PYTHONPATH=src python benchmarks/bench_train.py --quick             # smoke run, < 1 minute
@@ -84,10 +84,8 @@ SHAPES = {
         Shape("~100M", 768, 12, 12, 32000, 4, 512),
         Shape("~100M, vocab 125,696", 768, 12, 12, BAICHUAN2_VOCAB_SIZE, 4, 512),
     ),
-    "quick": (
-        Shape("tiny", 64, 2, 2, 512, 2, 64),
-        Shape("tiny, vocab 125,696", 64, 2, 2, BAICHUAN2_VOCAB_SIZE, 2, 64),
-    ),
+    # One shape: every worker pays ~7 s of imports on a small shared CPU.
+    "quick": (Shape("tiny, vocab 125,696", 64, 2, 2, BAICHUAN2_VOCAB_SIZE, 2, 64),),
 }
 
 
@@ -112,7 +110,8 @@ def model_config(shape: dict):
 
 
 def prepare_worker(task: dict) -> dict:
-    """Write the rows, the chuan model dir and its LLaMA conversion; return the model's size."""
+    """Write the rows, the chuan model dir and its LLaMA conversion; return the model's size
+    and this CPU's fp32 matmul FLOP/s right now (the denominator of MFU)."""
     import numpy as np
     import torch
     from datasets import Dataset
@@ -120,6 +119,7 @@ def prepare_worker(task: dict) -> dict:
     from chuan.model import BaichuanForCausalLM
     from chuan.model.convert import convert
     from chuan.model.presets import parameter_count, training_flops_per_token
+    from chuan.train.metrics import measure_matmul_peak
 
     shape, root = task["shape"], Path(task["dir"])
     rows, length = task["rows"], shape["seq_len"]
@@ -141,16 +141,8 @@ def prepare_worker(task: dict) -> dict:
         "params": parameter_count(config),
         "flops_per_token": training_flops_per_token(config, length),
         "intermediate_size": config.intermediate_size,
+        "peak_flops": measure_matmul_peak(torch.device("cpu"), torch.float32, seconds=2.0),
     }
-
-
-def peak_worker(task: dict) -> dict:
-    """This CPU's fp32 matmul FLOP/s right now, the denominator of MFU."""
-    import torch
-
-    from chuan.train.metrics import measure_matmul_peak
-
-    return {"flops": measure_matmul_peak(torch.device("cpu"), torch.float32, seconds=2.0)}
 
 
 def chuan_worker(task: dict) -> dict:
@@ -167,7 +159,7 @@ def chuan_worker(task: dict) -> dict:
     from chuan.train.metrics import read_metrics
 
     root = Path(task["dir"])
-    run_dir = root / f"run-{task['runner']}"
+    run_dir = root / f"run-{task['kind']}"
     config = {
         "out": str(run_dir),
         "model": str(root / "chuan-model"),
@@ -175,7 +167,7 @@ def chuan_worker(task: dict) -> dict:
         "micro_batch_size": task["shape"]["batch"],
         "precision": "fp32",
         "device": "cpu",
-        "activation_checkpointing": task["runner"] == "chuan+ac",
+        "activation_checkpointing": task["kind"] == "chuan+ac",
         "peak_flops": task["peak_flops"],
         "optim": {
             "lr": LR,
@@ -221,8 +213,8 @@ def load_rows(task: dict):
     import torch
     from datasets import load_from_disk
 
-    data = load_from_disk(str(Path(task["dir"]) / "data")).with_format("numpy")
-    return torch.from_numpy(data["input_ids"]).long()
+    data = load_from_disk(str(Path(task["dir"]) / "data")).with_format("torch")
+    return data[:]["input_ids"].long()
 
 
 def load_llama(task: dict):
@@ -349,7 +341,6 @@ def hf_trainer_worker(task: dict) -> dict:
 
 WORKERS = {
     "prepare": prepare_worker,
-    "peak": peak_worker,
     "chuan": chuan_worker,
     "chuan+ac": chuan_worker,
     "hf-loop": hf_loop_worker,
@@ -371,25 +362,18 @@ def worker_main(task: dict) -> None:
 def run_worker(task: dict) -> dict:
     """Run `task` in a fresh interpreter; a failure (e.g. killed for memory) becomes a row."""
     label = " ".join(str(task[key]) for key in ("kind", "name") if key in task)
-    print(f"running {label} ...", file=sys.stderr, flush=True)
+    print(f"running {label} ...", end=" ", file=sys.stderr, flush=True)
     command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(task)]
+    start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
+    print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         return {"error": f"exit {done.returncode}: {reason[0]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_peak(threads: int) -> float:
-    """fp32 matmul FLOP/s; on a shared CPU a measurement can only fall short, so the caller
-    keeps the highest of several."""
-    result = run_worker({"kind": "peak", "threads": threads})
-    if "error" in result:
-        raise RuntimeError(f"measuring the matmul peak failed: {result['error']}")
-    return result["flops"]
-
-
-def bench_shape(shape: Shape, args: argparse.Namespace, peak_flops: float, root: Path) -> dict:
+def bench_shape(shape: Shape, args: argparse.Namespace, root: Path) -> dict:
     """Prepare one shape, then run every runner on it; returns the shape's section."""
     steps = args.warmup + args.steps
     common = {"name": shape.name, "shape": asdict(shape), "threads": args.threads}
@@ -399,7 +383,7 @@ def bench_shape(shape: Shape, args: argparse.Namespace, peak_flops: float, root:
         raise RuntimeError(f"preparing {shape.name} failed: {model['error']}")
     # chuan is given the peak so that it does not measure its own before training.
     rows = {
-        runner: run_worker({**common, "kind": runner, "peak_flops": peak_flops})
+        runner: run_worker({**common, "kind": runner, "peak_flops": model["peak_flops"]})
         for runner in RUNNERS
     }
     shutil.rmtree(root)
@@ -407,12 +391,15 @@ def bench_shape(shape: Shape, args: argparse.Namespace, peak_flops: float, root:
     return {"shape": asdict(shape), **model, "runners": rows}
 
 
-def add_mfu(sections: list[dict], peak_flops: float) -> None:
-    """Model FLOPs utilisation of every runner against the final (highest) matmul peak."""
+def add_mfu(sections: list[dict]) -> float:
+    """Model FLOPs utilisation of every runner against the highest matmul peak measured (on a
+    shared CPU a measurement can only fall short); returns that peak."""
+    peak_flops = max(section["peak_flops"] for section in sections)
     for section in sections:
         for row in section["runners"].values():
             if "error" not in row:
                 row["mfu"] = row["tokens_per_s"] * section["flops_per_token"] / peak_flops
+    return peak_flops
 
 
 def add_ratios(rows: dict[str, dict]) -> None:
@@ -542,16 +529,14 @@ def main(argv: list[str] | None = None) -> None:
     print("# chuan pretraining benchmark\n")
     print(f"- torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}")
     print(f"- CPU: {env['cpu']}, {env['cores']} cores (torch threads = {args.threads})")
-    peaks = [measure_peak(args.threads)]
     sections = []
     with tempfile.TemporaryDirectory(prefix="bench_train-", dir=args.workdir) as work:
         for index, shape in enumerate(SHAPES["quick" if args.quick else "full"]):
-            root = Path(work) / f"shape{index}"
-            sections.append(bench_shape(shape, args, max(peaks), root))
-    peaks.append(measure_peak(args.threads))
-    add_mfu(sections, max(peaks))
-    print_table(sections, args, max(peaks))
-    results = {"environment": env, "quick": args.quick, "peak_flops": peaks, "shapes": sections}
+            sections.append(bench_shape(shape, args, Path(work) / f"shape{index}"))
+    peak_flops = add_mfu(sections)
+    print_table(sections, args, peak_flops)
+    results = {"environment": env, "quick": args.quick, "peak_flops": peak_flops}
+    results["shapes"] = sections
     results["wall_seconds"] = time.perf_counter() - started
     print(f"\nTotal wall time: {results['wall_seconds']:.0f} s")
     if args.json:

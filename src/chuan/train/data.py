@@ -14,33 +14,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from chuan.data.pack import labels_from_row
 from datasets import Dataset, concatenate_datasets, load_from_disk
+
+from chuan.data.pack import labels_from_row
 
 
 @dataclass
 class Batch:
-    """One micro-batch: token ids, segment ids (the model's 2-D attention mask) and labels."""
+    """One micro-batch: token ids, segment ids (the model's 2-D attention mask) and labels,
+    with its counts taken on the host so that no step waits on the device for them."""
 
     input_ids: torch.Tensor
     segment_ids: torch.Tensor
     labels: torch.Tensor
+    num_tokens: int  # non-padding tokens
+    num_labels: int  # positions the shifted loss predicts
 
-    def to(self, device: torch.device) -> Batch:
-        return Batch(
-            *(
-                t.to(device, non_blocking=True)
-                for t in (self.input_ids, self.segment_ids, self.labels)
-            )
+    @classmethod
+    def of(cls, input_ids, segment_ids, labels) -> Batch:
+        return cls(
+            input_ids,
+            segment_ids,
+            labels,
+            num_tokens=int((segment_ids != 0).sum()),
+            num_labels=int((labels[:, 1:] != -100).sum()),
         )
 
-    @property
-    def num_labels(self) -> int:
-        return int((self.labels[:, 1:] != -100).sum())
+    def to(self, device: torch.device) -> Batch:
+        move = [
+            t.to(device, non_blocking=True) for t in (self.input_ids, self.segment_ids, self.labels)
+        ]
+        return Batch(*move, num_tokens=self.num_tokens, num_labels=self.num_labels)
 
-    @property
-    def num_tokens(self) -> int:
-        return int((self.segment_ids != 0).sum())
+    def without_labels(self) -> Batch:
+        """The same rows with nothing to predict (a rank that only joins the collectives)."""
+        return Batch(
+            self.input_ids,
+            self.segment_ids,
+            torch.full_like(self.labels, -100),
+            num_tokens=0,
+            num_labels=0,
+        )
 
 
 def load_packed(path: str | Path) -> Dataset:
@@ -118,4 +132,4 @@ class PackedRows:
             torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
             for c in ("input_ids", "segment_ids", "loss_mask")
         )
-        return Batch(ids, segments, torch.as_tensor(labels_from_row(ids, segments, mask)))
+        return Batch.of(ids, segments, torch.as_tensor(labels_from_row(ids, segments, mask)))

@@ -87,6 +87,22 @@ class PretrainResult:
     interrupted: bool
 
 
+class _RateWindow:
+    """Tokens per second since the last logged record."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.start, 1e-9)
+
+
 class _StopFlag:
     """SIGTERM / SIGINT ask the loop to checkpoint after the current step and return."""
 
@@ -256,9 +272,8 @@ def evaluate(
     for start in range(0, n, per * world.size):
         first = start + world.rank * per
         samples = range(first, min(first + per, n))
-        batch = rows.batch(samples if len(samples) else [0])
-        if not len(samples):  # keep every rank in the collectives, with nothing to count
-            batch.labels.fill_(-100)
+        # A rank past the end still runs a forward to take part in the collectives.
+        batch = rows.batch(samples) if len(samples) else rows.batch([0]).without_labels()
         out = _forward(model, batch.to(world.device), autocast)
         sums += torch.stack([out.ce_loss.double(), torch.tensor(float(batch.num_labels))]).to(
             sums.device
@@ -317,6 +332,7 @@ class Trainer:
         self.state = TrainerState(world_size=world.size)
         self.logger: MetricsLogger | None = None
         self.last: dict = {}
+        self.last_eval: tuple[int, float | None] = (-1, None)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -400,7 +416,7 @@ class Trainer:
             if resumed_mid_stage:
                 scheduler.load_state_dict(state.scheduler)
         bad_in_a_row = 0
-        window_start, window_tokens = time.perf_counter(), 0
+        window = _RateWindow()
         while state.stage_step < plan.steps:
             step = state.stage_step
             batches = [
@@ -423,13 +439,13 @@ class Trainer:
             state.stage_step += 1
             state.samples += cfg.micro_batch_size * cfg.grad_accum * world.size
             state.tokens += stats["tokens"]
-            window_tokens += stats["tokens"]
+            window.add(stats["tokens"])
             bar.update(1)
             if finite:
                 self.last = stats
-                window_tokens = self._maybe_log(stats, plan, window_start, window_tokens, bar)
-                if not window_tokens:
-                    window_start = time.perf_counter()
+                if state.step % cfg.log.every == 0 or state.stage_step == plan.steps:
+                    self._log_step(stats, plan, window.rate(), bar)
+                    window.reset()
             else:
                 self._log({"step": state.step, "skipped": True, **stats})
                 if bad_in_a_row >= cfg.max_bad_steps:
@@ -467,13 +483,9 @@ class Trainer:
                 return False
         return False
 
-    def _maybe_log(self, stats: dict, plan: StagePlan, since: float, tokens: int, bar) -> int:
-        """Every `log.every` steps: a metrics record and the progress line. Returns the token
-        count of the rate window (0 when a record closed the window)."""
+    def _log_step(self, stats: dict, plan: StagePlan, rate: float, bar) -> None:
+        """A metrics record and the progress line's numbers."""
         state, world = self.state, self.world
-        if state.step % self.cfg.log.every and state.stage_step != plan.steps:
-            return tokens
-        rate = tokens / max(time.perf_counter() - since, 1e-9)
         mfu = rate * self.flops_per_token / (self.peak * world.size)
         self._log(
             {
@@ -493,7 +505,6 @@ class Trainer:
             tok_s=f"{rate:,.0f}",
             mfu=f"{mfu:.1%}",
         )
-        return 0
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -501,11 +512,14 @@ class Trainer:
         self.logger.log(record)
 
     def _evaluate_and_log(self) -> float | None:
+        """Held-out loss at the current step (computed once per step)."""
         if self.eval_rows is None:
             return None
-        loss = evaluate(self.model, self.eval_rows, self.cfg, self.world, self.autocast)
-        self._log({"step": self.state.step, "eval_loss": loss})
-        return loss
+        if self.last_eval[0] != self.state.step:
+            loss = evaluate(self.model, self.eval_rows, self.cfg, self.world, self.autocast)
+            self._log({"step": self.state.step, "eval_loss": loss})
+            self.last_eval = (self.state.step, loss)
+        return self.last_eval[1]
 
     def _write_report(self, interrupted: bool, eval_loss: float | None) -> None:
         if not self.world.is_main:
