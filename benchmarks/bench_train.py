@@ -210,7 +210,6 @@ def runner_result(*, tokens_per_s: float, others_cpu: float, losses: list[float]
 
 def load_rows(task: dict):
     """The prepared rows as one `[rows, seq_len]` int64 tensor, in stored order."""
-    import torch
     from datasets import load_from_disk
 
     data = load_from_disk(str(Path(task["dir"]) / "data")).with_format("torch")

@@ -63,10 +63,26 @@ def test_errors_are_one_line_with_the_fix(tmp_path, capsys):
         main(["model", "init", "--preset", "tiny", "--out", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match="not a Hugging Face model dir"):
         main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "llama"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("out: x\npreset: tiny\ntokenizer: t\nstages: [{data: [d]}]\n")
+    with pytest.raises(SystemExit, match=r"unknown key 'optim\.learning_rate'"):
+        main(["pretrain", "--config", str(recipe), "optim.learning_rate=1"])
+    with pytest.raises(SystemExit, match="make one with `chuan data pack"):
+        main(["pretrain", "--config", str(recipe), f"out={tmp_path / 'run'}"])
 
 
 @pytest.mark.parametrize(
-    "verb", [[], ["model"], ["model", "init"], ["model", "info"], ["convert"], ["generate"]]
+    "verb",
+    [
+        [],
+        ["model"],
+        ["model", "init"],
+        ["model", "info"],
+        ["convert"],
+        ["generate"],
+        ["data", "pack"],
+        ["pretrain"],
+    ],
 )
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -30,6 +30,7 @@ from chuan.tokenizer.train import train_tokenizer
 from chuan.train import loop
 from chuan.train.checkpoint import latest_checkpoint, list_checkpoints, read_trainer_state
 from chuan.train.config import PretrainConfig
+from chuan.train.distributed import World
 from helpers.pretrain_fixtures import bible_documents, pretrain_config, write_config, write_jsonl
 
 HOLDOUT = 32
@@ -230,3 +231,21 @@ def test_freeze_non_embeddings_changes_only_embedding_and_head(tmp_path, corpus)
     before, after = read_state_dict(start), read_state_dict(_run(frozen).model_dir)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_activation_checkpointing_recomputes_without_changing_the_result(tmp_path, corpus):
+    losses = {}
+    for enabled in (False, True):
+        config = _config(
+            tmp_path / str(enabled),
+            corpus,
+            activation_checkpointing=enabled,
+            stages=[{"data": [str(corpus["packed"])], "steps": 3}],
+        )
+        trainer = loop.Trainer(
+            from_dict(PretrainConfig, config), World(0, 1, 0, torch.device("cpu"))
+        )
+        assert trainer.model.model.gradient_checkpointing is enabled
+        trainer.run(None)
+        losses[enabled] = _losses(tmp_path / str(enabled) / "run")
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)

@@ -309,9 +309,12 @@ class Trainer:
         self.world = world
         self.run_dir = Path(cfg.out)
         self.tokenizer_dir = cfg.tokenizer or cfg.model
+        holdout = _holdout(cfg)  # the data first: a wrong path fails before any model is built
+        self.plans = plan_stages(cfg, world, holdout)
+        self.eval_rows = _eval_rows(cfg, holdout)
         self.model = build_model(cfg).to(world.device)
         if cfg.activation_checkpointing:
-            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
         if cfg.compile:
             for layer in self.model.model.layers:
                 layer.compile()
@@ -321,9 +324,6 @@ class Trainer:
         if self.strategy == "fsdp":
             shard_fsdp(self.model, world)
         self.autocast = autocast_dtype(cfg.precision, world.device)
-        holdout = _holdout(cfg)
-        self.plans = plan_stages(cfg, world, holdout)
-        self.eval_rows = _eval_rows(cfg, holdout)
         self.row_length = self.plans[0].rows.row_length
         self.flops_per_token = training_flops_per_token(self.config, self.row_length)
         self.peak, self.peak_source = peak_flops(
