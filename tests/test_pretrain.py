@@ -24,14 +24,12 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from chuan.config import from_dict
-from chuan.data.pack import pack_corpus
 from chuan.model.checkpoint import read_state_dict
-from chuan.tokenizer.train import train_tokenizer
 from chuan.train import loop
 from chuan.train.checkpoint import latest_checkpoint, list_checkpoints, read_trainer_state
 from chuan.train.config import PretrainConfig
 from chuan.train.distributed import World
-from helpers.pretrain_fixtures import bible_documents, pretrain_config, write_config, write_jsonl
+from helpers.pretrain_fixtures import bible_corpus, pretrain_config, write_config
 
 HOLDOUT = 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -40,11 +38,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
     """A tokenizer trained on 6,000 bilingual verses and the verses packed into 128-token rows."""
-    root = tmp_path_factory.mktemp("bible")
-    text = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, 6000))
-    train_tokenizer(text, root / "tok", vocab_size=3000, progress=False)
-    pack_corpus([text], root / "tok", root / "packed", max_length=128, progress=False)
-    return {"tokenizer": root / "tok", "packed": root / "packed"}
+    return bible_corpus(tmp_path_factory.mktemp("bible"), shared_data, verses=6000, max_length=128)
 
 
 def _config(tmp: Path, corpus: dict, **fields) -> dict:

@@ -16,10 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chuan.data.pack import pack_corpus
-from chuan.tokenizer.train import train_tokenizer
 from chuan.train.checkpoint import list_checkpoints, read_trainer_state
-from helpers.pretrain_fixtures import bible_documents, pretrain_config, write_config, write_jsonl
+from helpers.pretrain_fixtures import bible_corpus, pretrain_config, write_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 STEPS = 6
@@ -27,11 +25,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bible")
-    text = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, 1500))
-    train_tokenizer(text, root / "tok", vocab_size=3000, progress=False)
-    pack_corpus([text], root / "tok", root / "packed", max_length=64, progress=False)
-    return {"tokenizer": root / "tok", "packed": root / "packed"}
+    return bible_corpus(tmp_path_factory.mktemp("bible"), shared_data, verses=1500, max_length=64)
 
 
 def _config(root: Path, corpus: dict, **fields) -> Path:

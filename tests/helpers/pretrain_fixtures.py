@@ -26,6 +26,17 @@ def bible_documents(shared_data: Path, verses: int) -> list[dict]:
     return docs
 
 
+def bible_corpus(root: Path, shared_data: Path, *, verses: int, max_length: int) -> dict[str, Path]:
+    """A 3,000-piece tokenizer trained on the verses and the verses packed into rows."""
+    from chuan.data.pack import pack_corpus
+    from chuan.tokenizer.train import train_tokenizer
+
+    text = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, verses))
+    train_tokenizer(text, root / "tok", vocab_size=3000, progress=False)
+    pack_corpus([text], root / "tok", root / "packed", max_length=max_length, progress=False)
+    return {"tokenizer": root / "tok", "packed": root / "packed"}
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
