@@ -1,6 +1,6 @@
 """Training throughput and peak memory of `chuan pretrain` against transformers' LLaMA.
 
-Three runners train the same model on the same rows, side by side in one run:
+Three runners (four rows per shape) train the same model on the same rows, side by side:
 
 - **chuan**: `chuan.train.loop.pretrain`, the engine itself, as configured by default, and again
   with `activation_checkpointing: true` (**chuan+ac**);
@@ -24,7 +24,7 @@ Throughput excludes the first `--warmup` steps; MFU is tokens/s x
 `training_flops_per_token` / this CPU's fp32 matmul peak, measured by
 `chuan.train.metrics.measure_matmul_peak` before each shape's runners (the highest counts).
 
-    PYTHONPATH=src python benchmarks/bench_train.py --json train.json   # full run
+    PYTHONPATH=src python benchmarks/bench_train.py --json train.json   # full run, ~12 min
     PYTHONPATH=src python benchmarks/bench_train.py --quick             # smoke run, < 1 minute
 """
 
@@ -141,7 +141,7 @@ def prepare_worker(task: dict) -> dict:
         "params": parameter_count(config),
         "flops_per_token": training_flops_per_token(config, length),
         "intermediate_size": config.intermediate_size,
-        "peak_flops": measure_matmul_peak(torch.device("cpu"), torch.float32, seconds=2.0),
+        "peak_flops": measure_matmul_peak(torch.device("cpu"), torch.float32),
     }
 
 
@@ -436,7 +436,8 @@ def print_table(sections: list[dict], args: argparse.Namespace, peak_flops: floa
         shape = section["shape"]
         model = (
             f"{shape['name']} ({section['params'] / 1e6:.1f} M params; h{shape['hidden_size']} "
-            f"L{shape['num_hidden_layers']} V{shape['vocab_size']:,}; "
+            f"L{shape['num_hidden_layers']} F{section['intermediate_size']} "
+            f"V{shape['vocab_size']:,}; "
             f"{shape['batch']}×{shape['seq_len']})"
         )
         for runner, row in section["runners"].items():
@@ -495,9 +496,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny shapes, few steps")
     parser.add_argument("--json", metavar="PATH", help="also write all results to PATH")
-    parser.add_argument("--steps", type=int, help="timed steps per runner (default 4; --quick 2)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per runner (default 2)")
     parser.add_argument(
-        "--warmup", type=int, default=2, help="untimed warm-up steps per runner (default 2)"
+        "--warmup", type=int, default=1, help="untimed warm-up steps per runner (default 1)"
     )
     parser.add_argument(
         "--threads",
@@ -510,8 +511,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 2 if args.quick else 4
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1")
     args.device = "cpu"  # read by bench_model.environment

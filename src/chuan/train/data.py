@@ -29,6 +29,13 @@ class Batch:
     labels: torch.Tensor
     num_tokens: int  # non-padding tokens
     num_labels: int  # positions the shifted loss predicts
+    one_segment: bool = False  # every row one document, no padding: plain causal attention
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """Segment ids for the model, or None when plain causal attention is the same thing
+        (SDPA's fast causal path instead of an explicit mask)."""
+        return None if self.one_segment else self.segment_ids
 
     @classmethod
     def of(cls, input_ids, segment_ids, labels) -> Batch:
@@ -38,13 +45,14 @@ class Batch:
             labels,
             num_tokens=int((segment_ids != 0).sum()),
             num_labels=int((labels[:, 1:] != -100).sum()),
+            one_segment=bool((segment_ids == 1).all()),
         )
 
     def to(self, device: torch.device) -> Batch:
         move = [
             t.to(device, non_blocking=True) for t in (self.input_ids, self.segment_ids, self.labels)
         ]
-        return Batch(*move, num_tokens=self.num_tokens, num_labels=self.num_labels)
+        return Batch(*move, self.num_tokens, self.num_labels, self.one_segment)
 
     def without_labels(self) -> Batch:
         """The same rows with nothing to predict (a rank that only joins the collectives)."""
@@ -54,6 +62,7 @@ class Batch:
             torch.full_like(self.labels, -100),
             num_tokens=0,
             num_labels=0,
+            one_segment=self.one_segment,
         )
 
 

@@ -208,7 +208,7 @@ def _forward(model: nn.Module, batch: Batch, autocast: torch.dtype | None):
     with torch.autocast(batch.input_ids.device.type, dtype=autocast, enabled=autocast is not None):
         return model(
             input_ids=batch.input_ids,
-            attention_mask=batch.segment_ids,
+            attention_mask=batch.attention_mask,
             labels=batch.labels,
             loss_reduction="sum",
             use_cache=False,

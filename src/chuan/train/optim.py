@@ -49,14 +49,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; fused on CUDA, the plain loop elsewhere."""
-    fused = all(p.is_cuda for p in model.parameters() if p.requires_grad)
+    """AdamW over the trainable parameters, fused (one kernel over all tensors).
+
+    Fused on the CPU too: the per-tensor loop allocates temporaries as large as the 125,696-row
+    embedding, and at ~100M parameters takes 1.5 s a step against 0.18 s fused.
+    """
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=lr,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        fused=fused or None,
+        param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps, fused=True
     )
 
 
