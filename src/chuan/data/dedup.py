@@ -1,0 +1,664 @@
+"""`chuan data dedup`: exact and MinHash-LSH near-duplicate removal, clusters, sentence dedup.
+
+The stage runs in three passes, so the two per-document passes use every core and only the
+global decisions run in one process (datatrove's design, reference h.6):
+
+1. **Signatures** (process pool over input shards). For each valid record: the shingle form of
+   its text (`chuan.data.minhash`), a 128-bit digest of that form (exact dedup), its MinHash
+   signature, its `quality` field, the 64-bit keys of its sentences and an 80-character
+   preview. One `OUT/work/signatures/<shard>.npz` per input shard, then a `.done.json` marker:
+   a re-run reuses every finished shard (pitfall 48).
+2. **Decisions** (one process). Documents with equal digests form exact groups; the
+   representatives of those groups are banded (LSH) and every shared band bucket joins them
+   (union-find with path compression and union by size). A cluster is a connected component of
+   "exactly equal" and "share an LSH bucket" (one semantics, pitfall 49); no exact-Jaccard
+   check follows. The kept representative of a cluster is its member with the highest numeric
+   `quality`, the first in input order when no member has one or on ties. Then, over the kept
+   documents in input order, a sentence whose normalised form occurs more than
+   `sentence_max_repeats` times is dropped everywhere but at its first occurrence.
+3. **Filter** (process pool, `chuan.data.shards.run_shards`). Each shard is read again and
+   written: kept records with every input field and `meta.cluster_id` (the 0-based input
+   position, over all inputs, of the cluster's representative), `meta.cluster_size` and
+   `meta.sentence_dups_removed` (top-level fields instead when the record's `meta` is not an
+   object); removed records go to `rejects/` with the reason and, for duplicates, the
+   representative's file, line and position (`duplicate_of`).
+
+Documents are counted once: `kept + rejected == read`, where `read` counts malformed lines too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from chuan.data import minhash
+from chuan.data.shards import (
+    JsonlZstWriter,
+    ShardStats,
+    input_shards,
+    run_shards,
+    shard_records,
+    totals,
+)
+from chuan.fileio import atomic_file, write_atomic
+
+REPORT_FILE = "report.json"
+SUMMARY_FILE = "report.md"
+SENTENCE_MAX_REPEATS = 3
+# Sentences shorter than this (normalised characters) are never deduplicated ("Yes.", "谢谢。").
+SENTENCE_MIN_CHARS = 10
+PREVIEW_CHARS = 80
+EXAMPLE_CLUSTERS = 5
+EXAMPLE_MEMBERS = 5
+# Documents per MinHasher call: enough to amortise numpy's per-call cost.
+_BATCH_DOCS = 256
+# Sentence ends: CJK and ASCII terminators and newlines; "." and ";" only before whitespace.
+_SENTENCE_END = re.compile(r"(?<=[。！？；…!?\n])|(?<=[.;])(?=\s)")
+
+KEEP, EXACT, NEAR = 0, 1, 2
+_REASONS = {EXACT: "exact duplicate", NEAR: "near duplicate"}
+_STATUS_NAMES = {KEEP: "kept", EXACT: "exact duplicate", NEAR: "near duplicate"}
+EMPTIED_REASON = "only repeated sentences"
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """Every setting that changes the stage's output (recorded in `OUT/work/params.json`)."""
+
+    threshold: float
+    num_perm: int
+    ngram: int | None
+    bands: int
+    rows: int
+    sentence_max_repeats: int
+    sentence_min_chars: int
+    seed: int
+
+    def signature_key(self) -> dict[str, Any]:
+        """The settings of pass 1: a finished signature shard is reused only if they match."""
+        return {
+            "num_perm": self.num_perm,
+            "ngram": self.ngram,
+            "seed": self.seed,
+            "sentences": self.sentence_max_repeats > 0,
+            "sentence_min_chars": self.sentence_min_chars,
+        }
+
+
+def dedup_corpus(
+    inputs,
+    out: str | Path,
+    *,
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    ngram: int | None = None,
+    bands: int | None = None,
+    rows: int | None = None,
+    sentence_max_repeats: int = SENTENCE_MAX_REPEATS,
+    sentence_min_chars: int = SENTENCE_MIN_CHARS,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Deduplicate the corpus files under `inputs` into `out`; returns the report.
+
+    `ngram` None shingles by 5 characters (CJK documents) or 5 words (others). `bands` and
+    `rows` default to the datasketch-style optimum for (`threshold`, `num_perm`); give both to
+    choose the S-curve yourself. `sentence_max_repeats` 0 turns sentence dedup off.
+    A re-run into the same `out` with the same settings resumes; other settings are an error.
+    """
+    if (bands is None) != (rows is None):
+        raise ValueError("give both bands and rows, or neither")
+    if bands is None:
+        bands, rows = minhash.optimal_bands(threshold, num_perm)
+    params = DedupParams(
+        threshold, num_perm, ngram, bands, rows, sentence_max_repeats, sentence_min_chars, seed
+    )
+    out = Path(out)
+    shards = input_shards(inputs)
+    workers = workers or _available_cores()
+    _check_params(out / "work" / "params.json", params, shards)
+    curve = minhash.s_curve(bands, rows)
+    if progress:
+        print(f"dedup: {bands} bands x {rows} rows, P(candidate | J): {curve}", file=sys.stderr)
+
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    computed, reused = _signature_pass(shards, out, params, workers, progress)
+    timing["signatures_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    corpus = _load_signatures(shards, out)
+    decisions = decide(corpus, params)
+    _write_decisions(out, shards, corpus, decisions)
+    timing["decisions_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if progress:
+        print(f"dedup: writing {len(shards)} shards", file=sys.stderr)
+    stats = run_shards([p for _, p in shards], out, _filter_shard, workers=workers)
+    timing["filter_s"] = time.perf_counter() - start
+
+    report = _report(params, curve, stats, corpus, decisions, shards, out, timing)
+    report["signatures"] = {"computed": computed, "reused": reused}
+    report["workers"] = workers
+    write_atomic(out / REPORT_FILE, json.dumps(report, indent=1, ensure_ascii=False))
+    write_atomic(out / SUMMARY_FILE, summary_markdown(report))
+    return report
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _check_params(path: Path, params: DedupParams, shards: list[tuple[str, Path]]) -> None:
+    """Record the settings of a new output dir; refuse to resume one made with other settings,
+    whose finished shards would otherwise be mixed with new decisions."""
+    wanted = {"params": asdict(params), "inputs": [str(p) for _, p in shards]}
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            raise ValueError(
+                f"{path.parent.parent} holds a dedup run with other settings or inputs "
+                f"({found['params']}); choose a fresh --out"
+            )
+        return
+    write_atomic(path, json.dumps(wanted, indent=1))
+
+
+# ---------------------------------------------------------------- pass 1: signatures
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentence pieces whose concatenation is `text` (each keeps its terminator and the
+    whitespace before it), so dropping pieces leaves the rest of the text untouched."""
+    return [piece for piece in _SENTENCE_END.split(text) if piece]
+
+
+def sentence_key(sentence: str, min_chars: int = SENTENCE_MIN_CHARS) -> int:
+    """64-bit key of a sentence's squeezed form (case, width, punctuation and spaces ignored);
+    0 for sentences too short to deduplicate."""
+    squeezed = minhash.squeeze(sentence)
+    if len(squeezed) < min_chars:
+        return 0
+    digest = hashlib.blake2b(squeezed.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def exact_digest(form: str, by_chars: bool) -> tuple[int, int]:
+    """128-bit digest of a document's shingle form, as two 64-bit halves."""
+    digest = hashlib.blake2b(f"{int(by_chars)}{form}".encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+def quality_of(record: dict) -> float:
+    """The record's numeric `quality`, NaN when it has none (such a record never outranks one
+    that has a score)."""
+    value = record.get("quality")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return math.nan
+
+
+class _NoRejects:
+    """Pass 1 reads records like pass 3 but leaves counting and writing rejects to pass 3."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+
+def _signature_pass(
+    shards: list[tuple[str, Path]], out: Path, params: DedupParams, workers: int, progress: bool
+) -> tuple[int, int]:
+    """Compute the missing signature shards on `workers` processes; (computed, reused)."""
+    folder = out / "work" / "signatures"
+    todo = [
+        (name, path, folder, params)
+        for name, path in shards
+        if not _signature_done(folder / f"{name}.done.json", params)
+    ]
+    bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
+               desc="signatures", disable=not progress)  # fmt: skip
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            for future in as_completed([pool.submit(signature_shard, *t) for t in todo]):
+                future.result()
+                bar.update()
+    else:
+        for task in todo:
+            signature_shard(*task)
+            bar.update()
+    bar.close()
+    return len(todo), len(shards) - len(todo)
+
+
+def _signature_done(marker: Path, params: DedupParams) -> bool:
+    return marker.is_file() and json.loads(marker.read_text())["params"] == params.signature_key()
+
+
+def signature_shard(name: str, path: Path, folder: Path, params: DedupParams) -> int:
+    """Pass 1 over one input file: writes `<name>.npz` then `<name>.done.json`; returns the
+    number of valid records."""
+    hasher = minhash.MinHasher(params.num_perm, params.seed)
+    stats = ShardStats(input=str(path))
+    columns: dict[str, list] = {k: [] for k in ("line", "exact", "quality", "preview")}
+    sentence_keys: list[int] = []
+    sentence_counts: list[int] = []
+    signatures, pending = [], []
+    for line, record in shard_records(path, stats, _NoRejects()):
+        text = record["text"]
+        form, by_chars = minhash.shingle_form(text)
+        pending.append(minhash.form_hashes(form, by_chars, params.ngram))
+        columns["line"].append(line)
+        columns["exact"].append(exact_digest(form, by_chars))
+        columns["quality"].append(quality_of(record))
+        columns["preview"].append(text[:PREVIEW_CHARS])
+        keys = _sentence_keys(text, params)
+        sentence_keys.extend(keys)
+        sentence_counts.append(len(keys))
+        if len(pending) == _BATCH_DOCS:
+            signatures.append(hasher.signatures(pending))
+            pending = []
+    if pending:
+        signatures.append(hasher.signatures(pending))
+    arrays = {
+        "signatures": np.concatenate(signatures or [np.zeros((0, params.num_perm), np.uint32)]),
+        "line": np.array(columns["line"], np.int64),
+        "exact": np.array(columns["exact"], np.uint64).reshape(-1, 2),
+        "quality": np.array(columns["quality"], np.float64),
+        "preview": np.array(columns["preview"], dtype=str),
+        "sentence_keys": np.array(sentence_keys, np.uint64),
+        "sentence_counts": np.array(sentence_counts, np.int64),
+    }
+    with atomic_file(folder / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    count = len(arrays["line"])
+    marker = {"params": params.signature_key(), "documents": count}
+    write_atomic(folder / f"{name}.done.json", json.dumps(marker))
+    return count
+
+
+def _sentence_keys(text: str, params: DedupParams) -> list[int]:
+    if params.sentence_max_repeats <= 0:
+        return []
+    return [sentence_key(s, params.sentence_min_chars) for s in split_sentences(text)]
+
+
+# ---------------------------------------------------------------- pass 2: decisions
+
+
+@dataclass
+class Corpus:
+    """Pass 1's columns for all documents, in input order (shard by shard, line by line)."""
+
+    signatures: np.ndarray  # (n, num_perm) uint32
+    exact: np.ndarray  # (n, 2) uint64
+    quality: np.ndarray  # (n,) float64, NaN = none
+    shard: np.ndarray  # (n,) int32 index into the input shards
+    line: np.ndarray  # (n,) int64
+    sentence_keys: np.ndarray  # (sentences,) uint64, 0 = too short
+    sentence_counts: np.ndarray  # (n,) sentences per document (0 when sentence dedup is off)
+
+
+@dataclass
+class Decisions:
+    """Pass 2's verdict for every document of a `Corpus`."""
+
+    status: np.ndarray  # KEEP / EXACT / NEAR
+    representative: np.ndarray  # global position of the cluster's kept document
+    cluster_size: np.ndarray
+    drop_sentence: np.ndarray  # aligned with Corpus.sentence_keys
+
+
+def _load_signatures(shards: list[tuple[str, Path]], out: Path) -> Corpus:
+    folder = out / "work" / "signatures"
+    parts = [np.load(folder / f"{name}.npz") for name, _ in shards]
+
+    def column(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts])
+
+    return Corpus(
+        signatures=column("signatures"),
+        exact=column("exact").reshape(-1, 2),
+        quality=column("quality"),
+        shard=np.concatenate(
+            [np.full(len(p["line"]), i, np.int32) for i, p in enumerate(parts)] or [np.zeros(0)]
+        ).astype(np.int32),
+        line=column("line"),
+        sentence_keys=column("sentence_keys"),
+        sentence_counts=column("sentence_counts"),
+    )
+
+
+def decide(corpus: Corpus, params: DedupParams) -> Decisions:
+    """Exact groups, LSH clusters, representatives and sentence drops for a whole corpus."""
+    exact_rep = best_in_groups(_exact_groups(corpus.exact), corpus.quality)
+    uniques = np.flatnonzero(exact_rep == np.arange(len(exact_rep)))
+    keys = minhash.band_keys(corpus.signatures[uniques], params.bands, params.rows, params.seed)
+    sets = UnionFind(len(uniques))
+    for u, v in zip(*minhash.candidate_pairs(keys), strict=True):
+        sets.union(int(u), int(v))
+    root_of_unique = uniques[sets.labels()]
+    position_in_uniques = np.zeros(len(exact_rep), np.int64)
+    position_in_uniques[uniques] = np.arange(len(uniques))
+    cluster = root_of_unique[position_in_uniques[exact_rep]]
+    representative = best_in_groups(cluster, corpus.quality)
+    positions = np.arange(len(cluster))
+    status = np.where(
+        representative == positions, KEEP, np.where(exact_rep != positions, EXACT, NEAR)
+    ).astype(np.int8)
+    drop = sentence_drops(
+        corpus.sentence_keys,
+        np.repeat(status == KEEP, corpus.sentence_counts),
+        params.sentence_max_repeats,
+    )
+    sizes = np.bincount(cluster, minlength=len(cluster))[cluster]
+    return Decisions(status, representative, sizes, drop)
+
+
+def _exact_groups(digests: np.ndarray) -> np.ndarray:
+    """A group label per document: equal 128-bit digests, equal label."""
+    if len(digests) == 0:
+        return np.zeros(0, np.int64)
+    return np.unique(digests, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def best_in_groups(labels: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """For each document, the position of its group's best member: highest quality (NaN lowest),
+    then earliest position."""
+    positions = np.arange(len(labels))
+    score = np.where(np.isnan(quality), -np.inf, quality)
+    order = np.lexsort((positions, -score, labels))
+    ordered = labels[order]
+    first = np.ones(len(order), bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    best = np.empty(len(order), np.int64)
+    best[order] = order[first][np.cumsum(first) - 1]
+    return best
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1: path compression and union by size keep every operation
+    nearly constant time."""
+
+    def __init__(self, size: int):
+        self.parent = list(range(size))
+        self.size = [1] * size
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, x: int, y: int) -> int:
+        """Join the sets of x and y; returns the root, the root of the larger set."""
+        rx, ry = self.find(x), self.find(y)
+        if rx == ry:
+            return rx
+        if self.size[rx] < self.size[ry]:
+            rx, ry = ry, rx
+        self.parent[ry] = rx
+        self.size[rx] += self.size[ry]
+        return rx
+
+    def labels(self) -> np.ndarray:
+        """The root of every element."""
+        return np.array([self.find(x) for x in range(len(self.parent))], np.int64)
+
+
+def sentence_drops(keys: np.ndarray, active: np.ndarray, max_repeats: int) -> np.ndarray:
+    """Which sentence occurrences to drop: among `active` occurrences, those whose key occurs
+    more than `max_repeats` times, except the first. Key 0 (too short) is never dropped."""
+    drop = np.zeros(len(keys), bool)
+    candidates = np.flatnonzero(active & (keys != 0))
+    if max_repeats <= 0 or len(candidates) == 0:
+        return drop
+    _, first, inverse, counts = np.unique(
+        keys[candidates], return_index=True, return_inverse=True, return_counts=True
+    )
+    repeated = counts[inverse] > max_repeats
+    not_first = np.arange(len(candidates)) != first[inverse]
+    drop[candidates[repeated & not_first]] = True
+    return drop
+
+
+def _write_decisions(
+    out: Path, shards: list[tuple[str, Path]], corpus: Corpus, decisions: Decisions
+) -> None:
+    """One `OUT/work/decisions/<shard>.npz` per shard, for pass 3's workers."""
+    folder = out / "work" / "decisions"
+    doc_ends = np.cumsum(np.bincount(corpus.shard, minlength=len(shards)))
+    sentence_ends = np.concatenate(([0], np.cumsum(corpus.sentence_counts)))
+    rep = decisions.representative
+    write_atomic(folder / "inputs.json", json.dumps([str(p) for _, p in shards]))
+    for i, (name, _) in enumerate(shards):
+        lo, hi = (doc_ends[i - 1] if i else 0), doc_ends[i]
+        arrays = {
+            "status": decisions.status[lo:hi],
+            "representative": rep[lo:hi],
+            "cluster_size": decisions.cluster_size[lo:hi],
+            "rep_shard": corpus.shard[rep[lo:hi]],
+            "rep_line": corpus.line[rep[lo:hi]],
+            "sentence_counts": corpus.sentence_counts[lo:hi],
+            "drop_sentence": decisions.drop_sentence[sentence_ends[lo] : sentence_ends[hi]],
+        }
+        with atomic_file(folder / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+# ---------------------------------------------------------------- pass 3: filter
+
+
+def _filter_shard(path: Path, shard: Path, rejects_path: Path, stats: ShardStats) -> None:
+    """Pass 3 over one input file (a `run_shards` work function)."""
+    out = shard.parent.parent
+    name = shard.name.removesuffix(".jsonl.zst")
+    with np.load(out / "work" / "decisions" / f"{name}.npz") as npz:
+        decision = {key: npz[key] for key in npz.files}
+    inputs = json.loads((out / "work" / "decisions" / "inputs.json").read_text())
+    sentence_starts = np.concatenate(([0], np.cumsum(decision["sentence_counts"])))
+    kept, rejects = JsonlZstWriter(shard), JsonlZstWriter(rejects_path)
+    removed_sentences = seen = 0
+    try:
+        for i, (line, record) in enumerate(shard_records(path, stats, rejects)):
+            seen = i + 1
+            if i >= len(decision["status"]):
+                break
+            status = int(decision["status"][i])
+            if status != KEEP:
+                _reject(rejects, stats, path, line, record, _REASONS[status], {
+                    "file": inputs[int(decision["rep_shard"][i])],
+                    "line": int(decision["rep_line"][i]),
+                    "position": int(decision["representative"][i]),
+                })  # fmt: skip
+                continue
+            drop = decision["drop_sentence"][sentence_starts[i] : sentence_starts[i + 1]]
+            text = _without_sentences(record["text"], drop)
+            if not text.strip():
+                _reject(rejects, stats, path, line, record, EMPTIED_REASON, None)
+                continue
+            removed_sentences += int(drop.sum())
+            kept.write(_annotate({**record, "text": text}, {
+                "cluster_id": int(decision["representative"][i]),
+                "cluster_size": int(decision["cluster_size"][i]),
+                "sentence_dups_removed": int(drop.sum()),
+            }))  # fmt: skip
+            stats.kept += 1
+        if seen != len(decision["status"]):
+            raise RuntimeError(f"{path} changed since its signatures were computed")
+    except BaseException:
+        kept.abort()
+        rejects.abort()
+        raise
+    kept.commit()
+    rejects.commit()
+    stats.extra["sentence_dups_removed"] = removed_sentences
+
+
+def _reject(
+    rejects: JsonlZstWriter,
+    stats: ShardStats,
+    path: Path,
+    line: int,
+    record: dict,
+    reason: str,
+    duplicate_of: dict | None,
+) -> None:
+    entry: dict[str, Any] = {"file": str(path), "line": line, "reason": reason, "record": record}
+    if duplicate_of is not None:
+        entry["duplicate_of"] = duplicate_of
+    rejects.write(entry)
+    stats.rejected += 1
+    stats.reasons[reason] += 1
+
+
+def _without_sentences(text: str, drop: np.ndarray) -> str:
+    if not drop.any():
+        return text
+    pieces = split_sentences(text)
+    return "".join(p for p, gone in zip(pieces, drop, strict=True) if not gone)
+
+
+def _annotate(record: dict, fields: dict[str, Any]) -> dict:
+    """The record with dedup fields in its `meta` object (top level when `meta` is not one)."""
+    meta = record.get("meta", {})
+    if isinstance(meta, dict):
+        return {**record, "meta": {**meta, **fields}}
+    return {**record, **fields}
+
+
+# ---------------------------------------------------------------- report
+
+
+def _report(
+    params: DedupParams,
+    curve: dict[str, float],
+    stats: list[ShardStats],
+    corpus: Corpus,
+    decisions: Decisions,
+    shards: list[tuple[str, Path]],
+    out: Path,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    counts = totals(stats)
+    status = decisions.status
+    elapsed = sum(timing.values())
+    return {
+        "stage": "dedup",
+        "params": asdict(params),
+        "estimated_threshold": round((1 / params.bands) ** (1 / params.rows), 4),
+        "s_curve": curve,
+        **counts,
+        "documents": len(status),
+        "exact_duplicates": int((status == EXACT).sum()),
+        "near_duplicates": int((status == NEAR).sum()),
+        "sentence_dups_removed": sum(s.extra.get("sentence_dups_removed", 0) for s in stats),
+        "emptied_by_sentence_dedup": counts["reasons"].get(EMPTIED_REASON, 0),
+        "cluster_sizes": cluster_histogram(decisions),
+        "example_clusters": _example_clusters(decisions, corpus, shards, out),
+        "timing": {k: round(v, 3) for k, v in timing.items()},
+        "docs_per_s": round(len(status) / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+def cluster_histogram(decisions: Decisions) -> dict[str, int]:
+    """{cluster size: number of clusters} for clusters of two or more documents."""
+    kept = decisions.status == KEEP
+    sizes = Counter(int(s) for s in decisions.cluster_size[kept] if s > 1)
+    return {str(size): sizes[size] for size in sorted(sizes)}
+
+
+def _example_clusters(
+    decisions: Decisions, corpus: Corpus, shards: list[tuple[str, Path]], out: Path
+) -> list[dict]:
+    """The largest clusters (ties: earliest), a few members each, representative first."""
+    reps = np.flatnonzero((decisions.status == KEEP) & (decisions.cluster_size > 1))
+    reps = reps[np.lexsort((reps, -decisions.cluster_size[reps]))][:EXAMPLE_CLUSTERS]
+    previews = _Previews(shards, out)
+    examples = []
+    for rep in reps:
+        members = np.flatnonzero(decisions.representative == rep)
+        members = np.concatenate(([rep], members[members != rep]))[:EXAMPLE_MEMBERS]
+        examples.append({
+            "cluster_id": int(rep),
+            "size": int(decisions.cluster_size[rep]),
+            "members": [
+                {"position": int(m), "file": str(shards[corpus.shard[m]][1]),
+                 "line": int(corpus.line[m]), "status": _STATUS_NAMES[decisions.status[m]],
+                 "text": previews.get(int(corpus.shard[m]), int(m))}
+                for m in members
+            ],
+        })  # fmt: skip
+    return examples
+
+
+class _Previews:
+    """Lazy access to the 80-character previews, loading only the shards asked for."""
+
+    def __init__(self, shards: list[tuple[str, Path]], out: Path):
+        self.shards = shards
+        self.folder = out / "work" / "signatures"
+        self.cache: dict[int, tuple[int, np.ndarray]] = {}
+        self.offsets = np.cumsum(
+            [0] + [json.loads((self.folder / f"{n}.done.json").read_text())["documents"]
+                   for n, _ in shards]
+        )  # fmt: skip
+
+    def get(self, shard: int, position: int) -> str:
+        if shard not in self.cache:
+            name = self.shards[shard][0]
+            self.cache[shard] = np.load(self.folder / f"{name}.npz")["preview"]
+        return str(self.cache[shard][position - self.offsets[shard]])
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The short human summary written beside `report.json`."""
+    p = report["params"]
+    rows = [
+        ("read", report["read"]),
+        ("malformed", report["read"] - report["documents"]),
+        ("exact duplicates", report["exact_duplicates"]),
+        ("near duplicates", report["near_duplicates"]),
+        ("emptied by sentence dedup", report["emptied_by_sentence_dedup"]),
+        ("kept", report["kept"]),
+        ("sentences removed", report["sentence_dups_removed"]),
+    ]
+    lines = [
+        "# chuan data dedup",
+        "",
+        f"threshold {p['threshold']}, {p['num_perm']} permutations, {p['bands']} bands x "
+        f"{p['rows']} rows (S-curve midpoint ~{report['estimated_threshold']}), "
+        f"sentence max repeats {p['sentence_max_repeats']}, seed {p['seed']}",
+        "",
+        "| | documents |",
+        "|---|---:|",
+        *[f"| {name} | {value:,} |" for name, value in rows],
+        "",
+        "P(candidate) at Jaccard: "
+        + ", ".join(f"{s}: {v:.3f}" for s, v in report["s_curve"].items()),
+        "",
+        "Cluster sizes: "
+        + (", ".join(f"{s}: {n}" for s, n in report["cluster_sizes"].items()) or "none"),
+        "",
+        f"Time: {sum(report['timing'].values()):.1f} s ({report['docs_per_s']} docs/s, "
+        f"{report['workers']} workers)",
+        "",
+    ]
+    return "\n".join(lines)
