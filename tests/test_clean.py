@@ -580,7 +580,7 @@ def test_resume_skips_finished_shards(corpus, tmp_path):
     first = clean_corpus(corpus["dir"], out, progress=False)
     shards = sorted((out / "shards").glob("*.jsonl.zst"))
     stamps = {p: p.stat().st_mtime_ns for p in shards}
-    (out / "shards" / f"{shards[0].name.removesuffix('.jsonl.zst')}.done.json").unlink()
+    (out / "shards" / f"{shards[0].name.removesuffix('.jsonl.zst')}.done").unlink()
     second = clean_corpus(corpus["dir"], out, progress=False)
     assert shards[0].stat().st_mtime_ns != stamps[shards[0]]  # redone
     assert all(p.stat().st_mtime_ns == stamps[p] for p in shards[1:])  # skipped

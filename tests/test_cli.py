@@ -81,6 +81,11 @@ def test_errors_are_one_line_with_the_fix(tmp_path, capsys):
         ["convert"],
         ["generate"],
         ["data", "pack"],
+        ["data", "clean"],
+        ["data", "dedup"],
+        ["data", "quality", "train"],
+        ["data", "quality", "score"],
+        ["data", "mix"],
         ["pretrain"],
     ],
 )

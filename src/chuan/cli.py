@@ -135,6 +135,30 @@ def _data_clean(args: argparse.Namespace) -> None:
     )
 
 
+def _data_dedup(args: argparse.Namespace) -> None:
+    from chuan.data.dedup import REPORT_FILE, dedup_corpus
+
+    report = dedup_corpus(
+        args.inputs,
+        args.out,
+        threshold=args.threshold,
+        num_perm=args.num_perm,
+        ngram=args.ngram,
+        bands=args.bands,
+        rows=args.rows,
+        sentence_max_repeats=args.sentence_max_repeats,
+        sentence_min_chars=args.sentence_min_chars,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    print(
+        f"wrote {args.out}: kept {report['kept']:,} of {report['read']:,} documents "
+        f"({report['exact_duplicates']:,} exact, {report['near_duplicates']:,} near duplicates; "
+        f"{report['sentence_dups_removed']:,} repeated sentences removed); "
+        f"report in {args.out}/{REPORT_FILE}"
+    )
+
+
 def _data_quality_train(args: argparse.Namespace) -> None:
     from chuan.data.quality import train_quality_model
 
@@ -429,6 +453,49 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--workers", type=int, default=1, help="processes, one input file each")
     clean.add_argument("--quiet", action="store_true", help="no progress bars")
     clean.set_defaults(func=_data_clean)
+
+    dedup = data_verbs.add_parser(
+        "dedup",
+        help="remove exact and near-duplicate documents and repeated sentences",
+        description="Exact dedup on normalised text, MinHash-LSH near-dedup (character 5-grams "
+        "for Chinese, word 5-grams for English), union-find clusters keeping the member with the "
+        "highest `quality`, and corpus-wide sentence dedup. Writes shards/, rejects/, report.json "
+        "and report.md; re-running into the same --out resumes.",
+    )
+    dedup.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="JSONL / JSON / Parquet / txt files or dirs"
+    )
+    dedup.add_argument("--out", required=True, metavar="DIR", help="output dir (resumable)")
+    dedup.add_argument(
+        "--threshold", type=float, default=0.8, help="Jaccard threshold (default 0.8)"
+    )
+    dedup.add_argument(
+        "--num-perm", type=int, default=128, help="MinHash permutations (default 128)"
+    )
+    dedup.add_argument(
+        "--ngram",
+        type=int,
+        default=None,
+        help="shingle length (default: 5 characters for Chinese, 5 words otherwise)",
+    )
+    dedup.add_argument("--bands", type=int, help="LSH bands, with --rows (default: optimised)")
+    dedup.add_argument("--rows", type=int, help="rows per band, with --bands")
+    dedup.add_argument(
+        "--sentence-max-repeats",
+        type=int,
+        default=3,
+        help="drop a sentence seen more than K times corpus-wide after its first occurrence "
+        "(default 3; 0 = off)",
+    )
+    dedup.add_argument(
+        "--sentence-min-chars",
+        type=int,
+        default=10,
+        help="shorter sentences (normalised characters) are never dropped (default 10)",
+    )
+    dedup.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
+    dedup.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    dedup.set_defaults(func=_data_dedup)
 
     quality = data_verbs.add_parser("quality", help="train and apply document quality scorers")
     quality_verbs = quality.add_subparsers(dest="quality_verb", required=True, metavar="ACTION")

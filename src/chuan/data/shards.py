@@ -5,11 +5,11 @@ one shard, so a local process pool runs them today and a cluster executor can ru
 A stage's output dir looks like:
 
     OUT/shards/00000-<input stem>.jsonl.zst   kept records, every input field preserved
-    OUT/shards/00000-<input stem>.done.json   written last: the shard's counts (resume marker)
+    OUT/shards/00000-<input stem>.done        written last: the shard's counts (resume marker)
     OUT/rejects/00000-<input stem>.jsonl.zst  {"file", "line", "reason", "rule"?, "record"?}
     OUT/report.json, OUT/report.md            the stage's totals
 
-A shard whose `.done.json` exists is finished and is skipped on a re-run; a shard killed half-way
+A shard whose `.done` marker exists is finished and is skipped on a re-run; a shard killed half-way
 left only temporary files, which are replaced.
 """
 
@@ -133,13 +133,14 @@ def run_shards(
     """Run `work(input, output_shard, rejects_shard, stats)` for every unfinished shard.
 
     `work` writes the output shard and the rejects through `JsonlZstWriter` and fills `stats`.
-    Finished shards (with a `.done.json`) are read back, not redone. `workers > 1` uses a process
+    Finished shards (with a `.done` marker: JSON, but named so that a later stage reading
+    `shards/` skips it) are read back, not redone. `workers > 1` uses a process
     pool (`work` must then be a module-level function).
     """
     out = Path(out)
     todo, done = [], []
     for name, path in input_shards(inputs):
-        marker = out / "shards" / f"{name}.done.json"
+        marker = out / "shards" / f"{name}.done"
         if marker.is_file():
             done.append(ShardStats(**_stats_fields(json.loads(marker.read_text()))))
         else:
@@ -150,7 +151,7 @@ def run_shards(
             path,
             out / "shards" / f"{name}.jsonl.zst",
             out / "rejects" / f"{name}.jsonl.zst",
-            out / "shards" / f"{name}.done.json",
+            out / "shards" / f"{name}.done",
         )
         for name, path in todo
     ]
