@@ -110,8 +110,8 @@ class PackedRows:
             if buckets is not None:
                 if "bucket" not in dataset.column_names:
                     raise ValueError(f"{path}: `buckets` given but the dataset has no buckets")
-                bucket = np.asarray(dataset["bucket"])
-                keep = [i for i in keep if bucket[i] in set(buckets)]
+                rows = np.arange(keep.start, keep.stop)
+                keep = rows[np.isin(np.asarray(dataset["bucket"])[rows], buckets)]
             parts.append(dataset.select(keep))
         data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         if len(data) == 0:
