@@ -10,7 +10,7 @@ import pytest
 
 from chuan.cli import main
 from chuan.data.shards import output_records
-from helpers.pretrain_fixtures import write_jsonl
+from helpers.corpus import write_jsonl
 
 
 def _report(out: Path) -> dict:

@@ -20,6 +20,7 @@ from chuan.data.dedup import (
     split_sentences,
 )
 from chuan.data.shards import output_records, read_jsonl_zst
+from helpers.corpus import write_jsonl
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -86,13 +87,6 @@ def _pools(originals: dict[str, list[str]]) -> dict[str, list[str]]:
     chars = sorted({c for d in originals["zh"] for c in d if minhash.is_cjk(c)})
     words = sorted({w for d in originals["en"] for w in d.split() if w.isalpha()})
     return {"zh": chars, "en": words}
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def test_optimal_bands_match_datasketch_published_choices():
@@ -217,7 +211,7 @@ def test_near_duplicates_found_variants_and_unique_documents_kept(originals, tmp
         for i, doc in enumerate(docs[80:100], start=80):
             variants.append((f"{lang}{i}", f"{lang}{i}-half"))
             records.append({"id": variants[-1][1], "text": _edit(doc, 0.5, rng, pools[lang])})
-    _write_jsonl(tmp_path / "in" / "docs.jsonl", records)
+    write_jsonl(tmp_path / "in" / "docs.jsonl", records)
     report = dedup_corpus(
         tmp_path / "in", tmp_path / "out", sentence_max_repeats=0, workers=1, progress=False
     )
@@ -285,7 +279,7 @@ def test_sentence_dedup_drops_repeats_after_k(shared_data, tmp_path):
         body = " ".join(english[i * 5 : i * 5 + 5])
         extra = [boiler] + ([rare] if i < 2 else [])
         docs.append({"id": str(i), "text": " ".join([body, *extra])})
-    _write_jsonl(tmp_path / "in" / "d.jsonl", docs)
+    write_jsonl(tmp_path / "in" / "d.jsonl", docs)
     report = dedup_corpus(
         tmp_path / "in", tmp_path / "out", sentence_max_repeats=2, workers=1, progress=False
     )
@@ -299,7 +293,7 @@ def test_sentence_dedup_drops_repeats_after_k(shared_data, tmp_path):
 
 def test_resume_reuses_finished_signature_shards(originals, tmp_path):
     for name, docs in originals.items():
-        _write_jsonl(tmp_path / "in" / f"{name}.jsonl", [{"text": d} for d in docs[:30]])
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl", [{"text": d} for d in docs[:30]])
     first = dedup_corpus(tmp_path / "in", tmp_path / "out", workers=1, progress=False)
     assert first["signatures"] == {"computed": 2, "reused": 0}
     outputs = {p.name: p.read_bytes() for p in (tmp_path / "out" / "shards").glob("*.zst")}

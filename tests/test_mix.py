@@ -24,12 +24,7 @@ from chuan.data.mix import (
     unimax_budgets,
 )
 from chuan.data.shards import output_records, read_jsonl_zst
-
-
-def _write_jsonl(path: Path, records: list) -> Path:
-    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
+from helpers.corpus import write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +49,8 @@ def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
     for i, record in enumerate(bible + poetry):
         record["id"] = f"d{i}"
     return {
-        "bible": _write_jsonl(root / "bible.jsonl", bible[:300] + ["{oops"] + bible[300:]),
-        "poetry": _write_jsonl(root / "poetry.jsonl", poetry),
+        "bible": write_jsonl(root / "bible.jsonl", bible[:300] + ["{oops"] + bible[300:]),
+        "poetry": write_jsonl(root / "poetry.jsonl", poetry),
     }
 
 
@@ -195,7 +190,7 @@ def test_records_without_a_usable_score_are_rejected_by_name(tmp_path):
     texts = ["In the beginning God created the heaven and the earth."] * 4
     scores = [0.9, None, "high", -1.0]
     records = [{"text": t, "quality": q} for t, q in zip(texts, scores, strict=True)]
-    path = _write_jsonl(tmp_path / "in.jsonl", records)
+    path = write_jsonl(tmp_path / "in.jsonl", records)
     cfg = MixConfig(inputs=[MixInput(str(path))], quality_field="quality", max_epochs=1.0)
     report = mix_corpus(cfg, tmp_path / "out", progress=False)
     assert (report["read"], report["kept"], report["quality_unusable"]) == (4, 1, 3)

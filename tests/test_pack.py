@@ -18,13 +18,9 @@ from chuan.data.pack import bin_bounds, labels_from_row, pack_corpus
 from chuan.model import BaichuanForCausalLM, preset_config
 from chuan.model.loss import IGNORE_INDEX
 from chuan.tokenizer.spm import load_proto, load_sentencepiece, write_tokenizer_dir
+from helpers.corpus import write_jsonl
 
 BOS, EOS, PAD = 1, 2, 0  # LLaMA's ids; pad is <unk>, as Baichuan pads
-
-
-def _write_jsonl(path: Path, records: list) -> None:
-    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _tatoeba(shared_data, start: int, count: int) -> list[tuple[str, str]]:
@@ -55,14 +51,14 @@ def corpus(tmp_path_factory, shared_data) -> Path:
     web.append(
         {"text": "A literal </s> or <s> in a page is text, not a marker.", "category": "web"}
     )
-    _write_jsonl(root / "web.jsonl", web)
+    write_jsonl(root / "web.jsonl", web)
     pairs = _tatoeba(shared_data, 0, 140)
     (root / "zh.txt").write_text("".join(zh + "\n" for _, zh in pairs[:60]), encoding="utf-8")
     qa = [
         {"source": "" if i % 4 == 0 else en, "target": zh, "category": "qa"}
         for i, (en, zh) in enumerate(pairs[60:])
     ]
-    _write_jsonl(root / "qa.jsonl", qa)
+    write_jsonl(root / "qa.jsonl", qa)
     return root
 
 
@@ -198,7 +194,7 @@ def test_colossal_records_mask_the_source_and_add_bos(tmp_path, tokenizer_dir, s
         {"source": "", "target": "没有来源的目标", "category": "qa"},
         {"text": "a plain document", "category": "qa"},
     ]
-    _write_jsonl(tmp_path / "in.jsonl", records)
+    write_jsonl(tmp_path / "in.jsonl", records)
     out = tmp_path / "out"
     pack_corpus(tmp_path / "in.jsonl", tokenizer_dir, out, max_length=64, add_bos=True)
     data = load(out)
@@ -243,7 +239,7 @@ def test_bad_records_are_counted_and_written_with_file_and_line(tmp_path, tokeni
         [1, 2],
         {"source": None, "target": "kept two", "category": "qa"},
     ]
-    _write_jsonl(inputs / "a.jsonl", lines)
+    write_jsonl(inputs / "a.jsonl", lines)
     (inputs / "b.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')  # Latin-1, not UTF-8
     report = pack_corpus(inputs, tokenizer_dir, tmp_path / "out", max_length=16, progress=False)
     rejects = [
@@ -310,7 +306,7 @@ def test_packed_loss_equals_the_documents_run_alone(
         for i, (en, zh) in enumerate(_tatoeba(shared_data, 1000, 60))
     ]
     (tmp_path / "in").mkdir()
-    _write_jsonl(tmp_path / "in" / "d.jsonl", records)
+    write_jsonl(tmp_path / "in" / "d.jsonl", records)
     pack_corpus(tmp_path / "in", tokenizer_dir, tmp_path / "out", max_length=64, progress=False)
     data = load(tmp_path / "out")
     docs = reference_documents(tmp_path / "in", sp)["default"]

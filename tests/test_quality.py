@@ -24,6 +24,7 @@ from chuan.data.quality import (
     train_quality_model,
 )
 from chuan.data.shards import output_records, read_jsonl_zst
+from helpers.corpus import write_jsonl
 
 BOILERPLATE = [
     "Click here to subscribe to our newsletter.",
@@ -38,12 +39,6 @@ BOILERPLATE = [
     "点击这里订阅我们的新闻邮件",
     "上一篇 下一篇 返回顶部",
 ]
-
-
-def _write_jsonl(path: Path, records: list) -> Path:
-    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
 
 
 def real_documents(shared_data: Path) -> list[str]:
@@ -83,8 +78,8 @@ def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
     real = real_documents(shared_data)
     junk = junk_documents(real, seed=0)
     return {
-        "good": _write_jsonl(root / "good.jsonl", [{"text": t} for t in real]),
-        "bad": _write_jsonl(root / "bad.jsonl", [{"text": t} for t in junk]),
+        "good": write_jsonl(root / "good.jsonl", [{"text": t} for t in real]),
+        "bad": write_jsonl(root / "bad.jsonl", [{"text": t} for t in junk]),
         "real": real,
         "junk": junk,
     }
@@ -183,8 +178,8 @@ def test_score_corpus_adds_quality_keeps_fields_and_counts(tmp_path, trained, co
         {"text": t, "id": f"r{i}", "meta": {"n": i}} for i, t in enumerate(corpus["real"][:30])
     ]
     records += [{"text": t, "category": "junk"} for t in corpus["junk"][:30]]
-    _write_jsonl(tmp_path / "a.jsonl", records[::2] + ["{broken", '{"no_text": 1}'])
-    _write_jsonl(tmp_path / "b.jsonl", records[1::2] + ["[1, 2]"])
+    write_jsonl(tmp_path / "a.jsonl", records[::2] + ["{broken", '{"no_text": 1}'])
+    write_jsonl(tmp_path / "b.jsonl", records[1::2] + ["[1, 2]"])
     out = tmp_path / "scored"
     report = score_corpus([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], model_dir, out)
     assert (report["read"], report["kept"], report["rejected"]) == (63, 60, 3)
@@ -246,7 +241,7 @@ def test_perplexity_equals_the_loss_of_each_window_run_alone(tmp_path, lm_dir, s
     pairs = [line.split("\t")[:2] for line in lines.splitlines()[200:206]]
     texts = [en for en, _ in pairs] + [zh for _, zh in pairs] + [" ".join(e for e, _ in pairs)]
     records = [{"text": t, "id": i} for i, t in enumerate(texts)]
-    _write_jsonl(tmp_path / "in.jsonl", records + ['{"text": ""}', "not json"])
+    write_jsonl(tmp_path / "in.jsonl", records + ['{"text": ""}', "not json"])
     out = tmp_path / "ppl"
     report = score_perplexity(tmp_path / "in.jsonl", lm_dir, out, batch_size=3, max_length=12)
     written = list(output_records(out))

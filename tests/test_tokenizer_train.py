@@ -21,17 +21,11 @@ from chuan.tokenizer.train import (
     split_sentences,
     train_tokenizer,
 )
+from helpers.corpus import write_jsonl
 
 Type = sp_pb2.ModelProto.SentencePiece.Type
 VOCAB = 4000
 SAMPLE = 4000
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +46,13 @@ def corpus(shared_data, tmp_path_factory) -> Path:
     lzh = ["\n".join(v[3] for v in verses[i : i + 20]) for i in range(0, 800, 20)]
     code = [inspect.getsource(m) for m in (textwrap, heapq, json.encoder)]
     out = tmp_path_factory.mktemp("corpus")
-    _write_jsonl(
+    write_jsonl(
         out / "bible.jsonl",
         [{"text": t, "category": "zh"} for t in zh]
         + [{"text": t, "category": "en"} for t in en]
         + [{"text": t, "category": "lzh"} for t in lzh],
     )
-    _write_jsonl(out / "code.jsonl", [{"text": t, "category": "code"} for t in code])
+    write_jsonl(out / "code.jsonl", [{"text": t, "category": "code"} for t in code])
     (out / "tatoeba.txt").write_text("\n".join(f"{p[0]}\n{p[1]}" for p in pairs), "utf-8")
     return out
 
@@ -254,6 +248,6 @@ def test_existing_output_and_bad_input_stop_before_training(corpus, tmp_path):
     (out / "keep").write_text("x")
     with pytest.raises(FileExistsError, match="overwrite"):
         train_tokenizer([corpus], out, vocab_size=VOCAB, progress=False)
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"txt": "typo"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "ok"}, {"txt": "typo"}])
     with pytest.raises(RecordError, match=r"bad\.jsonl:2: field 'text': missing"):
         train_tokenizer([bad], tmp_path / "new", vocab_size=VOCAB, progress=False)

@@ -6,10 +6,11 @@ simplified) from `../shared/data/text/parallel/`, so the model has real structur
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
+
+from helpers.corpus import write_jsonl
 
 VERSES_PER_DOC = 5
 
@@ -35,14 +36,6 @@ def bible_corpus(root: Path, shared_data: Path, *, verses: int, max_length: int)
     train_tokenizer(text, root / "tok", vocab_size=3000, progress=False)
     pack_corpus([text], root / "tok", root / "packed", max_length=max_length, progress=False)
     return {"tokenizer": root / "tok", "packed": root / "packed"}
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
 
 
 def pretrain_config(out: Path, data: Path, tokenizer: Path, **fields) -> dict:

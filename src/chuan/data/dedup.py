@@ -213,13 +213,6 @@ def quality_of(record: dict) -> float:
     return math.nan
 
 
-class _NoRejects:
-    """Pass 1 reads records like pass 3 but leaves counting and writing rejects to pass 3."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-
 def _signature_pass(
     shards: list[tuple[str, Path]], out: Path, params: DedupParams, workers: int, progress: bool
 ) -> tuple[int, int]:
@@ -258,7 +251,7 @@ def signature_shard(name: str, path: Path, folder: Path, params: DedupParams) ->
     sentence_keys: list[int] = []
     sentence_counts: list[int] = []
     signatures, pending = [], []
-    for line, record in shard_records(path, stats, _NoRejects()):
+    for line, record in shard_records(path, stats, None):
         text = record["text"]
         form, by_chars = minhash.shingle_form(text)
         pending.append(minhash.form_hashes(form, by_chars, params.ngram))

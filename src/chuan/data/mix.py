@@ -223,13 +223,6 @@ def count_tokens(text: str) -> int:
     return len(_CJK_CHAR.findall(text)) + len(_CJK_CHAR.sub(" ", text).split())
 
 
-class _Discard:
-    """A rejects sink for the counting pass (the write pass records the rejects)."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-
 @dataclass
 class Census:
     """Per valid document of every shard: category, tokens, quality (counting pass)."""
@@ -284,7 +277,7 @@ def take_census(config: MixConfig, progress: bool) -> Census:
     for index, (_, path) in enumerate(shards):
         stats = ShardStats(input=str(path))
         texts = []
-        for _, record in shard_records(path, stats, _Discard()):
+        for _, record in shard_records(path, stats, None):
             category = record_category(record, given[index], config.default_category)
             columns["shard"].append(index)
             columns["category"].append(names.setdefault(category, len(names)))
@@ -382,7 +375,7 @@ def _mix_shard(
     for k in range(max(passes, 1)):
         # Only the first pass counts reads and rejects; later passes re-read the same records.
         pass_stats = stats if k == 0 else ShardStats(input=str(path))
-        pass_rejects = rejects if k == 0 else _Discard()
+        pass_rejects = rejects if k == 0 else None
         for number, (line, record) in enumerate(shard_records(path, pass_stats, pass_rejects)):
             if counts[number] > k:
                 record["category"] = record_category(record, given, default_category)

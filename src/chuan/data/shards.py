@@ -95,17 +95,19 @@ def read_jsonl_zst(path: Path) -> Iterator[dict]:
 
 
 def shard_records(
-    path: Path, stats: ShardStats, rejects: JsonlZstWriter
+    path: Path, stats: ShardStats, rejects: JsonlZstWriter | None
 ) -> Iterator[tuple[int, dict]]:
     """`(line, record)` for each JSON object with a string `text`; everything else is rejected
-    (counted and written with file, line and reason), never raised."""
+    (counted and written with file, line and reason), never raised. `rejects=None` only
+    counts: for an extra pass over a file whose rejects another pass writes."""
 
     def reject(error: RecordError) -> None:
         stats.read += 1
         stats.rejected += 1
         reason = error.reason.split(" (")[0]  # "invalid JSON", not its column
         stats.reasons[f"{error.field}: {reason}" if error.field else reason] += 1
-        rejects.write({"file": error.path, "line": error.line, "reason": str(error)})
+        if rejects is not None:
+            rejects.write({"file": error.path, "line": error.line, "reason": str(error)})
 
     try:
         for line, record in iter_records(path, on_error=reject):
