@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-from pathlib import Path
+
+# Verb groups that live in their own module under `chuan.cli`, each with `register(verbs)`.
+VERB_MODULES = ("generate",)
 
 
 def _model_init(args: argparse.Namespace) -> None:
@@ -56,41 +58,6 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = convert(args.src, args.out, args.to, overwrite=args.overwrite)
     print(f"wrote {out} ({args.to} layout)")
-
-
-def _generate(args: argparse.Namespace) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import chuan  # noqa: F401  (registers the Baichuan classes)
-    from chuan.infer.generate import SamplingConfig, stream_tokens
-
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    if torch.cuda.is_available():
-        model = model.cuda()
-    tokenizer = _load_tokenizer(args.model)
-    bos = model.config.bos_token_id
-    if args.prompt_ids is not None:
-        prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
-    elif args.prompt and tokenizer is not None:
-        prompt = [bos, *tokenizer.encode(args.prompt, add_special_tokens=False)]
-    elif args.prompt:
-        sys.exit(f"{args.model} has no tokenizer files: give --prompt-ids instead of --prompt")
-    else:
-        prompt = [bos]
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        eos_token_id=model.config.eos_token_id,
-        seed=args.seed,
-    )
-    ids = list(stream_tokens(model, prompt, cfg))
-    if tokenizer is not None:
-        print(tokenizer.decode(ids, skip_special_tokens=True))
-    print(json.dumps({"prompt_ids": prompt, "new_ids": ids}))
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -315,16 +282,6 @@ def _parse_weights(pairs: list[str]) -> dict[str, float]:
             raise ValueError(f"--category-weight takes CATEGORY=WEIGHT, got {pair!r}")
         weights[category] = float(value)
     return weights
-
-
-def _load_tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
-
-    from chuan.model.checkpoint import TOKENIZER_FILES
-
-    if not any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES[:2]):
-        return None
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -661,23 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--all-metrics", action="store_true", help="also print every metric")
     stats.set_defaults(func=_tokenizer_stats)
 
-    gen = verbs.add_parser(
-        "generate",
-        help="generate a continuation with a model dir",
-        description="Generate with chuan's KV-cache decoder. Greedy by default "
-        "(--temperature 0); prints the text when the dir has a tokenizer, and the ids as JSON.",
-    )
-    gen.add_argument("model", metavar="DIR", help="model dir")
-    prompt = gen.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", help="prompt text (needs tokenizer files in DIR)")
-    prompt.add_argument("--prompt-ids", help="prompt as token ids, e.g. '1 345 22' (default: BOS)")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--seed", type=int, default=None, help="sampling seed")
-    gen.set_defaults(func=_generate)
+    for name in VERB_MODULES:
+        importlib.import_module(f"chuan.cli.{name}").register(verbs)
     return parser
 
 

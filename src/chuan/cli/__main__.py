@@ -1,0 +1,5 @@
+"""`python -m chuan.cli`."""
+
+from chuan.cli import main
+
+main()
