@@ -168,8 +168,8 @@ def quiz(bible_zh: list[dict], poetry_file: Path, dev: int, test: int, seed: int
     poems_asked = [(f"《{p['chapter']}》的作者是谁？", p["author"]) for p in tang if p["author"]]
     subjects = {}
     for name, items, pool in (
-        ("bible_books", passages, list(BOOKS_ZH.values())),
-        ("tang_poets", poems_asked, sorted({a for _, a in poems_asked})),
+        ("圣经书卷", passages, list(BOOKS_ZH.values())),
+        ("唐诗作者", poems_asked, sorted({a for _, a in poems_asked})),
     ):
         chosen = rng.sample(items, dev + test)
         subjects[name] = {

@@ -128,5 +128,5 @@ def test_real_tiny_llama_reproduces_llama2c_greedy_output(shared_data, tmp_path)
     assert isinstance(model, BaichuanForCausalLM)
     assert model.config.num_key_value_heads == 4 and model.config.tie_word_embeddings
     expected = json.loads((model_dir / "expected_greedy_200_steps.ids.json").read_text())
-    got = generate(model, [1], SamplingConfig(max_new_tokens=200, eos_token_id=2))
+    got = generate(model, [[1]], SamplingConfig(max_new_tokens=200, stop_token_ids=(2,)))[0]
     assert got == expected

@@ -62,7 +62,7 @@ def test_hf_generate_matches_chuan_generate(tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     prompt = [1, 17, 300, 42]
-    ours = generate(model, prompt, SamplingConfig(max_new_tokens=12))
+    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=12))[0]
     theirs = model.generate(
         torch.tensor([prompt]),
         max_new_tokens=12,

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Verb groups that live in their own module under `chuan.cli`, each with `register(verbs)`.
-VERB_MODULES = ("generate",)
+VERB_MODULES = ("eval", "generate", "quantize", "quickstart", "scaling", "serve")
 
 
 def _model_init(args: argparse.Namespace) -> None:
@@ -54,6 +54,12 @@ def _model_info(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    if args.to == "gguf":
+        from chuan.infer.gguf import export_gguf
+
+        out = export_gguf(args.src, args.out, overwrite=args.overwrite, outtype=args.outtype)
+        print(f"wrote {out} (GGUF, llama architecture, {args.outtype})")
+        return
     from chuan.model.convert import convert
 
     out = convert(args.src, args.out, args.to, overwrite=args.overwrite)
@@ -347,11 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a model dir. The source format is read from SRC/config.json. "
         "--to llama writes a plain LlamaForCausalLM dir (RoPE models only: W_pack split, "
         "NormHead folded into lm_head); --to baichuan imports a LLaMA dir or rewrites a "
-        "released Baichuan dir (.bin weights) as safetensors with explicit config fields.",
+        "released Baichuan dir (.bin weights) as safetensors with explicit config fields; "
+        "--to gguf writes one OUT.gguf file for llama.cpp (RoPE models, tokenizer embedded).",
     )
     convert.add_argument("src", metavar="SRC", help="source model dir")
     convert.add_argument("out", metavar="OUT", help="output model dir")
-    convert.add_argument("--to", required=True, choices=["baichuan", "llama"])
+    convert.add_argument("--to", required=True, choices=["baichuan", "llama", "gguf"])
+    convert.add_argument(
+        "--outtype",
+        choices=["f32", "f16"],
+        default="f32",
+        help="with --to gguf: storage type of the matrices (norms stay f32); quantize further "
+        "with llama.cpp's llama-quantize",
+    )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     convert.set_defaults(func=_convert)
 

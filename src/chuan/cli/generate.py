@@ -1,24 +1,69 @@
-"""`chuan generate`: continue a prompt with a model dir."""
+"""`chuan generate` (continue a prompt) and `chuan chat` (terminal chat) with a model dir."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
-from chuan.infer.loading import load_tokenizer
+CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="DIR", help="model dir (chuan, Baichuan or HF LLaMA)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="weights dtype (default auto: bf16 on a GPU with bf16, else fp32)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the decode step under torch.compile (slow start; see docs/generate.md)",
+    )
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
+    """The sampling flags; `defaults` maps flag dest to its default, `note` explains them."""
+    specs = [
+        ("--max-new-tokens", int, "tokens to generate at most"),
+        ("--temperature", float, "0 = greedy"),
+        ("--top-k", int, "0 = off"),
+        ("--top-p", float, "1 = off"),
+        ("--repetition-penalty", float, "1 = off"),
+        ("--seed", int, "sampling seed (same seed and input, same output)"),
+    ]
+    for flag, kind, text in specs:
+        dest = flag[2:].replace("-", "_")
+        if dest in defaults:
+            shown = f"default: {defaults[dest]}"
+        elif dest == "seed":
+            shown = "default: none, a fresh random draw each run"
+        else:
+            shown = note
+        parser.add_argument(flag, type=kind, default=defaults.get(dest), help=f"{text} ({shown})")
+
+
+def _sampling_config(args: argparse.Namespace, base):
+    """`base` (a SamplingConfig) with every sampling flag that was given applied."""
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return dataclasses.replace(base, **given)
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import chuan  # noqa: F401  (registers the Baichuan classes)
     from chuan.infer.generate import SamplingConfig, stream_tokens
+    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.sampling import eos_stop_ids
+    from chuan.infer.text import TextStream
 
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)
     bos = model.config.bos_token_id
     if args.prompt_ids is not None:
@@ -26,39 +71,125 @@ def _generate(args: argparse.Namespace) -> None:
     elif args.prompt and tokenizer is not None:
         prompt = [bos, *tokenizer.encode(args.prompt, add_special_tokens=False)]
     elif args.prompt:
-        sys.exit(f"{args.model} has no tokenizer files: give --prompt-ids instead of --prompt")
+        raise ValueError(f"{args.model} has no tokenizer files: give --prompt-ids, not --prompt")
     else:
         prompt = [bos]
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        eos_token_id=model.config.eos_token_id,
-        seed=args.seed,
-    )
-    ids = list(stream_tokens(model, prompt, cfg))
-    if tokenizer is not None:
-        print(tokenizer.decode(ids, skip_special_tokens=True))
+    cfg = _sampling_config(args, SamplingConfig(stop_token_ids=eos_stop_ids(model.config)))
+    stream = TextStream(tokenizer) if tokenizer is not None else None
+    ids = []
+    for token in stream_tokens(model, prompt, cfg, compile=args.compile):
+        ids.append(token)
+        if stream is not None:
+            print(stream.push(token), end="", flush=True)
+    if stream is not None:
+        print(stream.flush())
     print(json.dumps({"prompt_ids": prompt, "new_ids": ids}))
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from chuan.infer.chat import stream_chat
+    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.sampling import describe, generation_defaults
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"{args.model}: no such model dir")
+    tokenizer = load_tokenizer(args.model)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{args.model} has no tokenizer files (tokenizer.model)")
+    cfg = _sampling_config(args, generation_defaults(args.model))
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"generation settings: {describe(cfg)}", file=sys.stderr)
+    session = ChatSession(args.system or "")
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"commands: {CHAT_COMMANDS}", file=sys.stderr)
+    while True:
+        if interactive:
+            print("user> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.rstrip("\r\n")
+        if text.startswith("/"):
+            if not session.command(text):
+                break
+            continue
+        if not text.strip():
+            continue
+        if interactive:
+            print("assistant> ", end="", flush=True)
+        pieces = []
+        for piece in stream_chat(model, tokenizer, session.messages(text), cfg):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        session.answered(text, "".join(pieces))
+
+
+class ChatSession:
+    """The conversation of `chuan chat`: the system prompt and past turns."""
+
+    def __init__(self, system: str):
+        self.system = system
+        self.history: list[dict] = []
+
+    def messages(self, user_text: str) -> list[dict]:
+        """The messages to answer: system (if any), history, then `user_text`."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, *self.history, {"role": "user", "content": user_text}]
+
+    def answered(self, user_text: str, reply: str) -> None:
+        self.history += [
+            {"role": "user", "content": user_text},
+            {"role": "assistant", "content": reply},
+        ]
+
+    def command(self, line: str) -> bool:
+        """Run a `/command` line; False means quit."""
+        name, _, rest = line.partition(" ")
+        if name == "/exit":
+            return False
+        if name == "/clear":
+            self.history = []
+            print("(conversation cleared)", file=sys.stderr)
+        elif name == "/system":
+            self.system = rest.strip()
+            print(f"(system prompt {'set' if self.system else 'removed'})", file=sys.stderr)
+        else:
+            print(f"unknown command {name}; commands: {CHAT_COMMANDS}", file=sys.stderr)
+        return True
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     gen = verbs.add_parser(
         "generate",
         help="generate a continuation with a model dir",
-        description="Generate with chuan's KV-cache decoder. Greedy by default "
-        "(--temperature 0); prints the text when the dir has a tokenizer, and the ids as JSON.",
+        description="Continue a prompt with chuan's KV-cache decoder: greedy by default "
+        "(--temperature 0), stopping at the model's EOS or --max-new-tokens. Streams the text "
+        "when DIR has tokenizer files, then prints the prompt and new ids as one JSON line. "
+        "The prompt gets the model's BOS in front; no chat template is applied.",
     )
-    gen.add_argument("model", metavar="DIR", help="model dir")
+    _add_model_flags(gen)
     prompt = gen.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer files in DIR)")
     prompt.add_argument("--prompt-ids", help="prompt as token ids, e.g. '1 345 22' (default: BOS)")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--seed", type=int, default=None, help="sampling seed")
+    greedy = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    _add_sampling_flags(gen, {**greedy, "repetition_penalty": 1.0}, "")
     gen.set_defaults(func=_generate)
+
+    chat = verbs.add_parser(
+        "chat",
+        help="chat with a model dir in the terminal",
+        description="Chat with a Baichuan 2-format chat model: each line read from stdin is a "
+        "user message; the reply streams to stdout; the conversation is kept (and cut to fit "
+        "the context, oldest rounds first) until /clear. Commands: "
+        f"{CHAT_COMMANDS}. Works with piped input (one message per line). Sampling settings "
+        "come from DIR/generation_config.json, with Baichuan 2's chat defaults (temperature "
+        "0.3, top-k 5, top-p 0.85, repetition penalty 1.05, 2048 new tokens) for what it "
+        "leaves out; the flags override them and the settings used are printed to stderr. "
+        "Sampling makes replies differ run to run: give --seed or --temperature 0.",
+    )
+    _add_model_flags(chat)
+    chat.add_argument("--system", default=None, help="system prompt (default: none)")
+    _add_sampling_flags(chat, {}, "default: from DIR")
+    chat.set_defaults(func=_chat)

@@ -1,84 +1,206 @@
-"""Token-by-token generation with a KV cache: greedy or sampled, one sequence at a time.
+"""Batched token-by-token generation with a preallocated KV cache.
 
-Each step feeds only the new token and asks the model for the last position's logits
-(`logits_to_keep=1`), so a 125,696-way head costs one row per step, not one per position.
-The processors follow transformers' definitions (repetition penalty divides positive and
-multiplies negative logits of already-seen tokens; top-p keeps the smallest set whose
-probability reaches p) so settings carry over from Baichuan's `generation_config.json`.
+`BatchDecoder` runs a batch of prompts of any lengths together: prompts are left-padded
+(segment id 0, so padding is masked out and RoPE positions start at 0 in every row), the
+whole batch is prefilled in one forward, and each `step()` feeds one token per row and asks
+for the last position's logits only (`logits_to_keep=1`), so a 125,696-way head costs one
+row per step. Every row has its own `SamplingConfig`, stops on its own stop ids or token
+budget, and can be stopped by the caller (`finish`), which is what a server streaming to
+several clients needs. A row gives the same tokens alone as in any batch.
+
+`stream_tokens` and `generate` are the one-call forms; `chuan.infer.sampling` holds the
+processors and the generation defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import functools
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel
-from transformers.cache_utils import DynamicCache
+
+from chuan.infer.cache import KVCache
+from chuan.infer.sampling import SamplingConfig, TokenChooser
+
+__all__ = ["BatchDecoder", "SamplingConfig", "generate", "stream_tokens"]
+
+# Why a row stopped: one of its stop ids, its max_new_tokens, or `BatchDecoder.finish`.
+STOP, LENGTH, FINISHED = "stop", "length", "finished"
 
 
-@dataclass
-class SamplingConfig:
-    """Decoding settings; `temperature=0` means greedy (deterministic)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    eos_token_id: int | None = None
-    seed: int | None = None
-
-
-def _next_token(
-    logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig, generator
+def _decode_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: KVCache,
 ) -> torch.Tensor:
-    """Pick the next token id from fp32 logits `[V]` given the ids `seen` so far."""
-    if cfg.repetition_penalty != 1.0:
-        scores = logits[seen]
-        logits = logits.clone()
-        logits[seen] = torch.where(
-            scores > 0, scores / cfg.repetition_penalty, scores * cfg.repetition_penalty
-        )
-    if cfg.temperature <= 0:
-        return logits.argmax()
-    logits = logits / cfg.temperature
-    if cfg.top_k > 0:
-        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probs = sorted_logits.softmax(-1)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= cfg.top_p  # mass before it >= p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[0]
+    """One forward through the cache; the fp32 logits `[B, V]` of each row's last position."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
 
 
-@torch.inference_mode()
+@functools.cache
+def _compiled_decode_logits():
+    """`_decode_logits` under `torch.compile`, built once. Shapes are marked dynamic from the
+    start because the cached length grows by one every step."""
+    return torch.compile(_decode_logits, dynamic=True)
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    if not prompts:
+        raise ValueError("no prompts given")
+    if any(isinstance(p, int) for p in prompts):
+        raise ValueError("prompts must be a list of token-id lists: wrap one prompt as [ids]")
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {index} is empty: give at least one token id (e.g. BOS)")
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(
+                f"prompt {index} has token ids outside the vocabulary (0..{vocab_size - 1}): "
+                f"{bad[:5]}"
+            )
+
+
+class BatchDecoder:
+    """Step-by-step decoding of a batch of prompts, each with its own settings.
+
+    `__init__` left-pads and prefills; each `step()` returns one new token per row, or None
+    for a row that has finished (a stop id, which is not returned, its `max_new_tokens`, or
+    `finish`). `compile=True` runs the one-token decode forward under `torch.compile` (see
+    docs/generate.md for when that pays off).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompts: list[list[int]],
+        configs: list[SamplingConfig],
+        *,
+        compile: bool = False,
+    ):
+        _check_prompts(prompts, model.config.vocab_size)
+        if len(configs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(configs)} sampling configs")
+        self.model = model
+        self.configs = list(configs)
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompts)
+        capacity = width + max(c.max_new_tokens for c in configs)
+        self._tokens = self._left_padded(prompts, width, capacity, device)
+        self._segments = self._segment_ids(prompts, width, capacity, device)
+        self._length = width
+        self._cache = KVCache.for_model(model, capacity)
+        self._chooser = TokenChooser(self.configs, device)
+        self._forward = _compiled_decode_logits() if compile else _decode_logits
+        self._generated = [0] * len(prompts)
+        self.finish_reasons: list[str | None] = [None] * len(prompts)
+        self._logits = self._run(self._tokens[:, :width], _decode_logits)
+        self._fed = True
+
+    @staticmethod
+    def _left_padded(
+        prompts: list[list[int]], width: int, capacity: int, device: torch.device
+    ) -> torch.Tensor:
+        """`[B, capacity]` token buffer holding the prompts right-aligned at `width`.
+
+        Padding repeats each row's first token: padded positions are masked out, so their ids
+        never reach a real token, and a real id keeps them out of the repetition penalty.
+        """
+        rows = [[p[0]] * (width - len(p)) + list(p) for p in prompts]
+        tokens = torch.zeros(len(prompts), capacity, dtype=torch.long, device=device)
+        tokens[:, :width] = torch.tensor(rows, dtype=torch.long, device=device)
+        return tokens
+
+    @staticmethod
+    def _segment_ids(
+        prompts: list[list[int]], width: int, capacity: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Segment ids `[B, capacity]` (0 = padding, 1 = the sequence), or None when no row is
+        padded, which lets the model take its unmasked causal path."""
+        if all(len(p) == width for p in prompts):
+            return None
+        segments = torch.ones(len(prompts), capacity, dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            segments[row, : width - len(prompt)] = 0
+        return segments
+
+    def _run(self, input_ids: torch.Tensor, forward) -> torch.Tensor:
+        mask = None if self._segments is None else self._segments[:, : self._length]
+        with torch.inference_mode():
+            return forward(self.model, input_ids, mask, self._cache)
+
+    @property
+    def done(self) -> bool:
+        """Whether every row has finished."""
+        return all(reason is not None for reason in self.finish_reasons)
+
+    def finish(self, index: int) -> None:
+        """Stop row `index` (a stop string was hit, the client went away); later steps give
+        None for it. Finishing a finished row changes nothing."""
+        if self.finish_reasons[index] is None:
+            self.finish_reasons[index] = FINISHED
+
+    def step(self) -> list[int | None]:
+        """One new token per row (None for finished rows); all None once `done`."""
+        if self.done:
+            return [None] * len(self.configs)
+        if not self._fed:
+            last = self._tokens[:, self._length - 1 : self._length]
+            self._logits = self._run(last, self._forward)
+        with torch.inference_mode():
+            chosen = self._chooser.choose(self._logits, self._tokens[:, : self._length])
+        self._tokens[:, self._length] = chosen
+        self._length += 1
+        self._fed = False
+        return [self._record(row, token) for row, token in enumerate(chosen.tolist())]
+
+    def _record(self, row: int, token: int) -> int | None:
+        """Count `token` for `row` and return it, or None when the row is (now) finished."""
+        if self.finish_reasons[row] is not None:
+            return None
+        cfg = self.configs[row]
+        if token in cfg.stop_token_ids:
+            self.finish_reasons[row] = STOP
+            return None
+        self._generated[row] += 1
+        if self._generated[row] >= cfg.max_new_tokens:
+            self.finish_reasons[row] = LENGTH
+        return token
+
+
 def stream_tokens(
-    model: PreTrainedModel, prompt_ids: list[int], cfg: SamplingConfig
+    model: PreTrainedModel, prompt_ids: list[int], cfg: SamplingConfig, *, compile: bool = False
 ) -> Iterator[int]:
-    """Yield new token ids one at a time; stops at `cfg.eos_token_id` (not yielded)."""
-    if not prompt_ids:
-        raise ValueError("the prompt is empty: give at least one token id (e.g. BOS)")
-    device = next(model.parameters()).device
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    ids = torch.tensor(prompt_ids, device=device)
-    cache = DynamicCache(config=model.config)
-    step_input = ids[None]
-    for _ in range(cfg.max_new_tokens):
-        out = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = _next_token(out.logits[0, -1].float(), ids, cfg, generator)
-        if cfg.eos_token_id is not None and token.item() == cfg.eos_token_id:
-            return
-        yield int(token)
-        ids = torch.cat((ids, token[None]))
-        step_input = token.view(1, 1)
+    """Yield the new token ids of one prompt as they are decoded (stop ids not included)."""
+    decoder = BatchDecoder(model, [prompt_ids], [cfg], compile=compile)
+    while not decoder.done:
+        token = decoder.step()[0]
+        if token is not None:
+            yield token
 
 
-def generate(model: PreTrainedModel, prompt_ids: list[int], cfg: SamplingConfig) -> list[int]:
-    """The new token ids (prompt excluded) as a list."""
-    return list(stream_tokens(model, prompt_ids, cfg))
+def generate(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    cfg: SamplingConfig | list[SamplingConfig],
+    *,
+    compile: bool = False,
+) -> list[list[int]]:
+    """The new token ids of each prompt (prompt and stop ids excluded), decoded as one batch;
+    `cfg` is one config for all prompts or one per prompt."""
+    configs = list(cfg) if isinstance(cfg, list) else [cfg] * len(prompts)
+    decoder = BatchDecoder(model, prompts, configs, compile=compile)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    while not decoder.done:
+        for row, token in enumerate(decoder.step()):
+            if token is not None:
+                outputs[row].append(token)
+    return outputs

@@ -51,6 +51,7 @@ def load_model(model_dir: str | Path, *, device: str | None = None, dtype: str =
         from chuan.model.convert import load_as_baichuan
 
         model = load_as_baichuan(model_dir, dtype=torch_dtype).to(target)
+    model.name_or_path = str(model_dir)  # where chat finds the dir's generation defaults
     return model.eval()
 
 

@@ -64,7 +64,9 @@ class NormHead(nn.Linear):
         """`normalize(W)` by rows; without autograd, a cached copy (one extra `[V, h]`)."""
         if self.training or torch.is_grad_enabled():
             return self._normalize()
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        # Inference tensors (made under `torch.inference_mode`) have no version counter.
+        version = None if self.weight.is_inference() else self.weight._version
+        key = (self.weight.data_ptr(), version, self.weight.dtype)
         if key != self._cache_key:
             self._cached, self._cache_key = self._normalize(), key
         return self._cached
@@ -245,10 +247,26 @@ class BaichuanCausalLMOutput(CausalLMOutputWithPast):
     max_logit: torch.Tensor | None = None
 
 
+def _require_chuan_quantizer(config: BaichuanConfig) -> None:
+    """Refuse a `chuan quantize` dir that transformers would otherwise load with its int
+    weights dropped and the dense ones left random."""
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    if method == "chuan":
+        from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+        if "chuan" not in AUTO_QUANTIZER_MAPPING:
+            raise ValueError(
+                "this model dir was written by `chuan quantize`: load it with "
+                "chuan.infer.loading.load_model, or `import chuan.infer.quantize` first"
+            )
+
+
 class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: BaichuanConfig):
+        _require_chuan_quantizer(config)
         super().__init__(config)
         self.model = BaichuanModel(config)
         if config.norm_head:
@@ -268,6 +286,20 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    # `chat` / `stream_chat` mirror Baichuan's published `model.chat(tokenizer, messages)` usage.
+    def chat(self, tokenizer, messages: list[dict], cfg=None) -> str:
+        """The reply to `messages` (`chuan.infer.chat.chat`); `cfg` is a `SamplingConfig`,
+        by default the model dir's generation settings."""
+        from chuan.infer.chat import chat
+
+        return chat(self, tokenizer, messages, cfg)
+
+    def stream_chat(self, tokenizer, messages: list[dict], cfg=None):
+        """The reply to `messages` as text pieces (`chuan.infer.chat.stream_chat`)."""
+        from chuan.infer.chat import stream_chat
+
+        return stream_chat(self, tokenizer, messages, cfg)
 
     def head_weight(self) -> torch.Tensor:
         """The matrix the logits are computed with (row-normalised for NormHead)."""

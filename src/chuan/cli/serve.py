@@ -1,0 +1,110 @@
+"""`chuan serve`: an OpenAI-compatible HTTP API for a model dir."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+API_KEY_ENV = "CHUAN_API_KEY"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key(flag: str | None) -> str | None:
+    """The key clients must send: `--api-key`, else $CHUAN_API_KEY, else none (empty = none)."""
+    return flag or os.environ.get(API_KEY_ENV) or None
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from chuan.infer.engine import load_engine
+    from chuan.infer.server import create_app
+
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    key = api_key(args.api_key)
+    if not _is_loopback(args.host) and key is None:
+        print(
+            f"chuan serve: warning: listening on {args.host} without an API key; anyone who "
+            f"can reach the port can use the model (set --api-key or {API_KEY_ENV})",
+            file=sys.stderr,
+        )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    model_name = args.model_name or Path(args.model).resolve().name
+    with load_engine(
+        args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch
+    ) as engine:
+        app = create_app(engine, model_name=model_name, api_key=key)
+        print(
+            f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1 "
+            f"({next(engine.model.parameters()).device}, max batch {args.max_batch}, "
+            f"context {engine.context_length}, key {'required' if key else 'not required'})",
+            file=sys.stderr,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    serve = verbs.add_parser(
+        "serve",
+        help="serve a model dir over an OpenAI-compatible HTTP API",
+        description="Serve a model dir (with tokenizer files) over HTTP with OpenAI's API: "
+        "GET /v1/models, POST /v1/chat/completions (Baichuan 2 chat format), POST "
+        "/v1/completions, both with stream=true (server-sent events), and GET /health. "
+        "One worker thread owns the model and decodes concurrent requests together in "
+        "batches of up to --max-batch rows, each row with its own sampling settings. "
+        "See docs/serve.md.",
+        epilog="example: chuan serve runs/sft/model --api-key s3cret; then point any OpenAI "
+        "client at http://127.0.0.1:8000/v1",
+    )
+    serve.add_argument("model", metavar="DIR", help="model dir with tokenizer files")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes "
+        "the server to the network, so set an API key)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--api-key",
+        help=f"require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV} "
+        "when set, else no key)",
+    )
+    serve.add_argument(
+        "--model-name",
+        help="the model id clients send and /v1/models lists (default: DIR's base name)",
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="most sequences decoded at once, across requests and choices (default 16)",
+    )
+    serve.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when present)"
+    )
+    serve.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weights dtype (default auto: bf16 on a GPU that has it, else fp32)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info: one line per request)",
+    )
+    serve.set_defaults(func=_serve)

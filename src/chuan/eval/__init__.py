@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice benchmarks (MMLU / CMMLU / C-Eval), perplexity, scaling laws."""

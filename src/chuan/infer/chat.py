@@ -1,0 +1,167 @@
+"""Chat with a Baichuan 2-format model: the prompt as Baichuan builds it, and the reply.
+
+`build_chat_input` follows Baichuan 2's `generation_utils.build_chat_input` (reference b.3),
+the one `model.chat` uses, not the legacy `_build_chat_input` (pitfall 21):
+
+- an optional system message (first only) is plain text with no marker;
+- every other message is its role id (user 195, assistant 196, inserted as ids, never as
+  text: pitfall 18) followed by its content, with no EOS after past answers;
+- rounds (a user message and what follows it) are kept newest first while they fit in
+  `model_max_length - max_new_tokens - len(system)`; the newest round is always kept;
+- the assistant id is appended unless the last message is the assistant's, and the result
+  is cut from the left to `model_max_length - max_new_tokens` (which can cut the system).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from chuan.infer.generate import stream_tokens
+from chuan.infer.sampling import SamplingConfig, describe, eos_stop_ids, generation_defaults
+from chuan.infer.text import TextStream
+
+log = logging.getLogger(__name__)
+
+USER_TOKEN_ID = 195
+ASSISTANT_TOKEN_ID = 196
+ROLES = ("system", "user", "assistant")
+
+
+def _check_messages(messages: Sequence[dict]) -> None:
+    if not messages:
+        raise ValueError("no messages given")
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {index}: role must be one of {ROLES}, got {role!r}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"message {index}: content must be a string")
+        if role == "system" and index != 0:
+            raise ValueError(f"message {index}: a system message may only come first")
+
+
+def _check_role_ids(tokenizer, role_ids: Sequence[int]) -> None:
+    """Refuse a tokenizer whose role ids are not reserved pieces (e.g. a LLaMA vocabulary,
+    where 195 is a byte): the prompt would silently be garbage (pitfall 18)."""
+    for token_id in role_ids:
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        if not (isinstance(piece, str) and piece.startswith("<reserved_")):
+            raise ValueError(
+                f"the tokenizer's id {token_id} is {piece!r}, not a <reserved_N> piece: it has "
+                "no Baichuan chat role tokens (train it with `chuan tokenizer train`)"
+            )
+
+
+def split_rounds(messages: Sequence[dict]) -> tuple[str, list[list[dict]]]:
+    """The system text ("" when none) and the rounds, each starting at a user message."""
+    _check_messages(messages)
+    start = 1 if messages[0]["role"] == "system" else 0
+    system = messages[0]["content"] if start else ""
+    rounds: list[list[dict]] = []
+    for message in messages[start:]:
+        if message["role"] == "user" or not rounds:
+            rounds.append([])
+        rounds[-1].append(message)
+    return system, rounds
+
+
+def build_chat_input(
+    tokenizer,
+    messages: Sequence[dict],
+    max_new_tokens: int,
+    model_max_length: int,
+    *,
+    user_token_id: int = USER_TOKEN_ID,
+    assistant_token_id: int = ASSISTANT_TOKEN_ID,
+) -> list[int]:
+    """The prompt ids for `messages` (`[{"role", "content"}]`), exactly as Baichuan 2's
+    `build_chat_input` makes them (see the module docstring)."""
+    _check_role_ids(tokenizer, (user_token_id, assistant_token_id))
+    max_input_tokens = model_max_length - max_new_tokens
+    if max_input_tokens < 1:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for the prompt in "
+            f"model_max_length={model_max_length}"
+        )
+    role_ids = {"user": user_token_id, "assistant": assistant_token_id}
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    system, rounds = split_rounds(messages)
+    system_ids = encode(system)
+    budget = max_input_tokens - len(system_ids)
+    history: list[int] = []
+    for round_messages in reversed(rounds):
+        round_ids = [
+            i for m in round_messages for i in [role_ids[m["role"]], *encode(m["content"])]
+        ]
+        if history and len(history) + len(round_ids) > budget:
+            break
+        history = round_ids + history
+        if len(history) >= budget:
+            break
+    ids = system_ids + history
+    if messages[-1]["role"] != "assistant":
+        ids.append(assistant_token_id)
+    return ids[-max_input_tokens:]
+
+
+def default_config(model, tokenizer) -> SamplingConfig:
+    """`generation_defaults` of the dir the model or its tokenizer came from (Baichuan 2's
+    chat defaults when neither remembers one)."""
+    for source in (model, tokenizer):
+        name = getattr(source, "name_or_path", "")
+        if name and Path(name).is_dir():
+            return generation_defaults(name)
+    return generation_defaults(None)
+
+
+def _fitted(model, cfg: SamplingConfig) -> SamplingConfig:
+    """`cfg` made to fit the model: stopping at the model's EOS when it names no stop ids
+    (as `model.generate` does), and with at most half the context for the reply, so that
+    Baichuan 2's 2048-token default leaves room for the prompt in a small model too."""
+    stops = cfg.stop_token_ids or eos_stop_ids(model.config)
+    room = max(1, model.config.model_max_length // 2)
+    if cfg.max_new_tokens > room:
+        log.warning(
+            "max_new_tokens=%d cut to %d, half the model's context", cfg.max_new_tokens, room
+        )
+    return dataclasses.replace(
+        cfg, stop_token_ids=stops, max_new_tokens=min(cfg.max_new_tokens, room)
+    )
+
+
+def stream_chat(
+    model, tokenizer, messages: Sequence[dict], cfg: SamplingConfig | None = None
+) -> Iterator[str]:
+    """The reply to `messages` as text pieces, yielded as they are decoded.
+
+    Without `cfg`, the model dir's generation defaults are used (sampling is then on, as in
+    Baichuan's releases; the settings are logged). The reply gets at most half the model's
+    context (Baichuan 2: 2048 of 4096, its default).
+    """
+    if cfg is None:
+        cfg = default_config(model, tokenizer)
+    else:
+        log.info("generation settings: %s", describe(cfg))
+    cfg = _fitted(model, cfg)
+    prompt = build_chat_input(
+        tokenizer, messages, cfg.max_new_tokens, model.config.model_max_length
+    )
+    stream = TextStream(tokenizer)
+    for token in stream_tokens(model, prompt, cfg):
+        piece = stream.push(token)
+        if piece:
+            yield piece
+    rest = stream.flush()
+    if rest:
+        yield rest
+
+
+def chat(model, tokenizer, messages: Sequence[dict], cfg: SamplingConfig | None = None) -> str:
+    """The reply to `messages` (see `stream_chat`)."""
+    return "".join(stream_chat(model, tokenizer, messages, cfg))

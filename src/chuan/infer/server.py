@@ -1,0 +1,465 @@
+"""`chuan serve`'s HTTP side: an OpenAI-compatible API (FastAPI) in front of an `Engine`.
+
+Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
+`POST /v1/completions` (both with `stream`), and `GET /health` (no key needed). Bodies are
+parsed here rather than by FastAPI so that every failure (malformed JSON, a wrong field, a
+curl call without a JSON content type) gets one OpenAI-shaped error that names the field:
+`{"error": {"message", "type", "param", "code"}}`.
+
+Request fields that OpenAI gives a default of its own keep OpenAI's default (temperature 1,
+top_p 1, n 1, max_tokens 16 for completions); the others come from the model dir's
+generation settings (top_k, repetition_penalty, stop ids, and max_tokens for chat). The
+server never truncates a prompt: a prompt that leaves no room in the context is a 400
+`context_length_exceeded`, and max_tokens is cut to the room that is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chuan.infer import openai_schema as oa
+from chuan.infer.chat import build_chat_input
+from chuan.infer.engine import Engine, GenerationError, Job, RowSpec, TextDelta
+from chuan.infer.generate import SamplingConfig
+
+log = logging.getLogger(__name__)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape with HTTP status `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.detail = oa.ErrorDetail(message=message, type=type, param=param, code=code)
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        body = oa.dump(oa.ErrorResponse(error=self.detail))
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _dotted(loc: tuple) -> str:
+    """A pydantic location as a path: `("messages", 0, "role")` -> `messages[0].role`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def _invalid_body(err: ValidationError) -> APIError:
+    """A 400 naming the first invalid field (and how many more there are)."""
+    errors = err.errors()
+    param = _dotted(errors[0]["loc"]) or None
+    message = errors[0]["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    return APIError(400, f"{param}: {message}{more}" if param else message + more, param=param)
+
+
+async def _parse(request: Request, schema: type[oa.GenerationRequest]) -> oa.GenerationRequest:
+    """The request body validated against `schema`, whatever its content type says."""
+    raw = await request.body()
+    if not raw.strip():
+        raise APIError(400, "the request body is empty: send a JSON object")
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise APIError(400, f"malformed JSON body: {err}", code="invalid_json") from err
+    if not isinstance(data, dict):
+        raise APIError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        body = schema.model_validate(data)
+    except ValidationError as err:
+        raise _invalid_body(err) from err
+    name = body.unsupported_field()
+    if name is not None:
+        raise APIError(400, f"{name}: not supported by chuan serve", param=name)
+    return body
+
+
+def _sampling(body: oa.GenerationRequest, defaults: SamplingConfig, max_new: int, choice: int):
+    """One row's settings: the request's fields, else OpenAI's default, else the model's."""
+
+    def pick(value, fallback):
+        return fallback if value is None else value
+
+    return SamplingConfig(
+        max_new_tokens=max_new,
+        temperature=pick(body.temperature, 1.0),
+        top_p=pick(body.top_p, 1.0),
+        top_k=pick(body.top_k, defaults.top_k),
+        repetition_penalty=pick(body.repetition_penalty, defaults.repetition_penalty),
+        stop_token_ids=defaults.stop_token_ids,
+        seed=None if body.seed is None else body.seed + choice,
+    )
+
+
+def _budget(prompt_tokens: int, requested: int, context: int, param: str) -> int:
+    """New tokens a prompt may have: `requested`, cut to the room left in the context."""
+    room = context - prompt_tokens
+    if room < 1:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {context} tokens, but the {param} "
+            f"came to {prompt_tokens} tokens, which leaves no room for a completion. "
+            f"Shorten the {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return min(requested, room)
+
+
+def _rows(
+    engine: Engine, prompts: list[list[int]], body: oa.GenerationRequest, requested: int, param: str
+) -> list[RowSpec]:
+    """`body.n` rows per prompt, prompt-major (row = prompt * n + choice, as OpenAI indexes)."""
+    rows = []
+    for ids in prompts:
+        max_new = _budget(len(ids), requested, engine.context_length, param)
+        rows += [
+            RowSpec(ids, _sampling(body, engine.defaults, max_new, choice))
+            for choice in range(body.n)
+        ]
+    return rows
+
+
+def _chat_ids(engine: Engine, body: oa.ChatCompletionRequest) -> list[int]:
+    """The Baichuan 2 chat input of the whole conversation (never cut: see module doc)."""
+    messages = [m.as_baichuan() for m in body.messages]
+    try:
+        return build_chat_input(engine.tokenizer, messages, 0, sys.maxsize)
+    except ValueError as err:
+        raise APIError(400, f"messages: {err}", param="messages") from err
+
+
+def _completion_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
+    """Token ids of one prompt: ids as given, text encoded as the tokenizer is configured
+    (Baichuan 2: no BOS); an empty text becomes BOS so that there is something to continue."""
+    if isinstance(prompt, list):
+        bad = [t for t in prompt if t >= engine.vocab_size]
+        if bad:
+            vocab = f"0..{engine.vocab_size - 1}"
+            message = f"prompt: token ids {bad[:5]} are outside the vocabulary ({vocab})"
+            raise APIError(400, message, param="prompt")
+        return prompt
+    return engine.tokenizer.encode(prompt) or [engine.model.config.bos_token_id]
+
+
+@dataclass
+class _Choice:
+    """One row's collected output."""
+
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
+    tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _usage(prompts: list[list[int]], completion_tokens: int) -> oa.Usage:
+    """Usage as OpenAI counts it: each prompt once (not once per choice), every new token."""
+    prompt_tokens = sum(map(len, prompts))
+    return oa.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+@dataclass
+class _ChatFormat:
+    """Chat completion objects and chunks of one response."""
+
+    id: str
+    created: int
+    model: str
+
+    def opening(self, rows: int) -> list[BaseModel]:
+        """The first chunk of each choice carries the role, as OpenAI's do."""
+        return [self._chunk(i, oa.Delta(role="assistant", content=""), None) for i in range(rows)]
+
+    def chunk(self, row: int, text: str | None, reason: str | None) -> BaseModel:
+        return self._chunk(row, oa.Delta(content=text), reason)
+
+    def _chunk(self, row: int, delta: oa.Delta, reason: str | None) -> BaseModel:
+        choice = oa.ChatChunkChoice(index=row, delta=delta, finish_reason=reason)
+        return oa.ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[choice]
+        )
+
+    def usage_chunk(self, usage: oa.Usage) -> BaseModel:
+        return oa.ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+        )
+
+    def response(self, choices: list[_Choice], usage: oa.Usage) -> BaseModel:
+        return oa.ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                oa.ChatChoice(
+                    index=i,
+                    message=oa.AssistantMessage(content=c.text),
+                    finish_reason=c.finish_reason,
+                )
+                for i, c in enumerate(choices)
+            ],
+            usage=usage,
+        )
+
+
+@dataclass
+class _CompletionFormat:
+    """Text completion objects and chunks of one response (chunks are completions too)."""
+
+    id: str
+    created: int
+    model: str
+
+    def opening(self, rows: int) -> list[BaseModel]:
+        return []
+
+    def chunk(self, row: int, text: str | None, reason: str | None) -> BaseModel:
+        choice = oa.CompletionChoice(index=row, text=text or "", finish_reason=reason)
+        return self.response_of([choice], None)
+
+    def usage_chunk(self, usage: oa.Usage) -> BaseModel:
+        return self.response_of([], usage)
+
+    def response(self, choices: list[_Choice], usage: oa.Usage) -> BaseModel:
+        return self.response_of(
+            [
+                oa.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+                for i, c in enumerate(choices)
+            ],
+            usage,
+        )
+
+    def response_of(self, choices: list[oa.CompletionChoice], usage: oa.Usage | None):
+        return oa.Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+
+Format = _ChatFormat | _CompletionFormat
+
+
+def _sse(payload: BaseModel | dict) -> str:
+    data = payload if isinstance(payload, dict) else oa.dump(payload)
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _stream(
+    job: Job, fmt: Format, prompts: list[list[int]], include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per text delta, a finish chunk per choice, optionally
+    a usage chunk, then `[DONE]`. Leaving early (the client went away) cancels the job."""
+    completion_tokens = 0
+    try:
+        for chunk in fmt.opening(len(job.rows)):
+            yield _sse(chunk)
+        async for event in job.events():
+            if isinstance(event, TextDelta):
+                yield _sse(fmt.chunk(event.row, event.text, None))
+            else:
+                completion_tokens += event.completion_tokens
+                yield _sse(fmt.chunk(event.row, None, event.reason))
+        if include_usage:
+            yield _sse(fmt.usage_chunk(_usage(prompts, completion_tokens)))
+        yield "data: [DONE]\n\n"
+    except GenerationError as err:
+        yield _sse({"error": oa.dump(APIError(500, str(err), type="server_error").detail)})
+    finally:
+        job.cancel()
+
+
+async def _collect(job: Job) -> list[_Choice]:
+    choices = [_Choice() for _ in job.rows]
+    async for event in job.events():
+        choice = choices[event.row]
+        if isinstance(event, TextDelta):
+            choice.parts.append(event.text)
+        else:
+            choice.finish_reason, choice.tokens = event.reason, event.completion_tokens
+    return choices
+
+
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect_unless_gone(job: Job, request: Request) -> list[_Choice] | None:
+    """The job's choices, or None (and the job cancelled) when the client hangs up first."""
+    collecting = asyncio.ensure_future(_collect(job))
+    watching = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not collecting.done():
+            job.cancel()
+            collecting.cancel()
+    if collecting.cancelled():
+        return None
+    try:
+        return collecting.result()
+    except GenerationError as err:
+        raise APIError(500, str(err), type="server_error") from err
+
+
+async def _respond(
+    request: Request,
+    engine: Engine,
+    body: oa.GenerationRequest,
+    fmt: Format,
+    prompts: list[list[int]],
+    rows: list[RowSpec],
+) -> Response:
+    """Submit the rows; stream the events or answer once with the whole response."""
+    if not engine.alive:
+        raise APIError(503, "the generation worker has stopped", type="server_error")
+    job = engine.submit(rows, body.stop)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream(job, fmt, prompts, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    choices = await _collect_unless_gone(job, request)
+    if choices is None:
+        return Response(status_code=499)  # client closed the request; nobody reads this
+    usage = _usage(prompts, sum(c.tokens for c in choices))
+    return JSONResponse(oa.dump(fmt.response(choices, usage)))
+
+
+def _bearer_check(api_key: str | None):
+    """A dependency refusing requests without `Authorization: Bearer <api_key>`."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not header:
+            raise APIError(
+                401,
+                "missing API key: send the header `Authorization: Bearer KEY`",
+                code="invalid_api_key",
+            )
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), api_key.encode()
+        ):
+            raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+
+    return check
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, leaves in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, err: APIError) -> JSONResponse:
+        return err.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = f"{err.detail}: {request.method} {request.url.path}"
+        response = APIError(err.status_code, message).response()
+        response.headers.update(err.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        message = f"internal error: {type(err).__name__}: {err}"
+        return APIError(500, message, type="server_error").response()
+
+
+def create_app(engine: Engine, *, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The OpenAI-compatible app serving `engine`'s model as `model_name`.
+
+    With `api_key`, every `/v1` route needs `Authorization: Bearer <api_key>`; `/health`
+    never does. The caller owns the engine (and closes it after the server stops).
+    """
+    # No /docs or /openapi.json: the surface is exactly the API below.
+    app = FastAPI(title="chuan serve", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+    authorized = [Depends(_bearer_check(api_key))]
+    card = oa.ModelCard(id=model_name, created=engine.started)
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise APIError(
+                404,
+                f"The model {name!r} does not exist; this server serves {model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def new_format(kind: type[Format], prefix: str) -> Format:
+        return kind(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model_name)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        status = {
+            "status": "ok" if engine.alive else "worker stopped",
+            "model": model_name,
+            "waiting_rows": engine.waiting_rows,
+            "running_rows": engine.running_rows,
+            "max_batch": engine.max_batch,
+        }
+        return JSONResponse(status, status_code=200 if engine.alive else 503)
+
+    @app.get("/v1/models", dependencies=authorized)
+    async def list_models() -> JSONResponse:
+        return JSONResponse(oa.dump(oa.ModelList(data=[card])))
+
+    @app.get("/v1/models/{name:path}", dependencies=authorized)
+    async def get_model(name: str) -> JSONResponse:
+        check_model(name)
+        return JSONResponse(oa.dump(card))
+
+    @app.post("/v1/chat/completions", dependencies=authorized)
+    async def chat_completions(request: Request) -> Response:
+        body = await _parse(request, oa.ChatCompletionRequest)
+        check_model(body.model)
+        prompts = [_chat_ids(engine, body)]
+        requested = body.token_limit or engine.defaults.max_new_tokens
+        rows = _rows(engine, prompts, body, requested, "messages")
+        fmt = new_format(_ChatFormat, "chatcmpl")
+        return await _respond(request, engine, body, fmt, prompts, rows)
+
+    @app.post("/v1/completions", dependencies=authorized)
+    async def completions(request: Request) -> Response:
+        body = await _parse(request, oa.CompletionRequest)
+        check_model(body.model)
+        prompts = [_completion_ids(engine, p) for p in body.prompts]
+        rows = _rows(engine, prompts, body, body.max_tokens, "prompt")
+        fmt = new_format(_CompletionFormat, "cmpl")
+        return await _respond(request, engine, body, fmt, prompts, rows)
+
+    return app

@@ -1,0 +1,192 @@
+"""`report.md` and `report.json` of a quickstart run: one line per stage, the details that
+matter per stage, the plots, and the commands that redo each stage by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from chuan.fileio import write_atomic
+from chuan.quickstart.runner import Context, Stage
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _image(ctx: Context, path: str | Path, alt: str) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [f"![{alt}]({os.path.relpath(path, ctx.out)})", ""]
+
+
+def _dedup(ctx: Context, r: dict) -> list[str]:
+    return [
+        f"{r['read']:,} documents in, {r['kept']:,} kept: {r['exact_duplicates']} exact and "
+        f"{r['near_duplicates']} near duplicates removed. Of the {r['planted_pairs']} planted "
+        f"copies (exact and one-word edits of sample documents), **{r['planted_found']}** were "
+        "found.",
+    ]
+
+
+def _tokenizer(ctx: Context, r: dict) -> list[str]:
+    rows = [[lang, f"{v:.3f}"] for lang, v in r["chars_per_token"].items()]
+    return [
+        *_table(["held-out text", "characters per token"], rows),
+        "",
+        *_image(ctx, ctx.path("tokenizer", "compression.png"), "tokenizer compression"),
+    ]
+
+
+def _pretrain(ctx: Context, r: dict) -> list[str]:
+    plan = r["plan"]
+    how = (
+        f"{r['steps']} steps (chosen from the time budget: {plan['step_seconds']} s per step "
+        f"measured, {plan['budget_seconds']:.0f} s left for training)"
+        if plan.get("step_seconds")
+        else f"{r['steps']} steps (as asked)"
+    )
+    held = "" if r["eval_loss"] is None else f"; held-out loss {r['eval_loss']:.4f}"
+    return [
+        f"A `tiny` model, {how}, {r['tokens']:,} tokens: training loss {r['first_loss']:.4f} "
+        f"→ {r['final_loss']:.4f}{held}. Model dir: `{r['model_dir']}`.",
+        "",
+        *_image(ctx, ctx.path("pretrain", "loss.png"), "loss curves"),
+    ]
+
+
+def _evaluate(ctx: Context, r: dict) -> list[str]:
+    rows = []
+    for model in ("initialised", "pretrained"):
+        files = r[model]["perplexity"]
+        for name, stats in files.items():
+            rows.append(
+                [
+                    model,
+                    name,
+                    f"{stats['tokens']:,}",
+                    f"{stats['mean_loss']:.3f}",
+                    f"{stats['perplexity']:,.1f}",
+                    f"{stats['bits_per_byte']:.3f}",
+                ]
+            )
+    quiz = [
+        [model, f"{r[model]['quiz']['average']:.1f}"]
+        + [f"{s['accuracy']:.1f} ({s['n']})" for s in r[model]["quiz"]["subjects"].values()]
+        for model in ("initialised", "pretrained")
+    ]
+    subjects = list(r["pretrained"]["quiz"]["subjects"])
+    return [
+        "Held-out text (every 20th sample document, never trained on):",
+        "",
+        *_table(["model", "text", "tokens", "loss (nats)", "perplexity", "bits/byte"], rows),
+        "",
+        "The bundled quiz (`assets/quiz`, CMMLU layout, 5-shot, first-token scoring), "
+        "accuracy in percent (questions):",
+        "",
+        *_table(["model", "average", *subjects], quiz),
+    ]
+
+
+def _generate(ctx: Context, r: dict) -> list[str]:
+    rows = [
+        [f"`{s['prompt']}`", s["completion"].replace("\n", " ").replace("|", "\\|")]
+        for s in r["samples"]
+    ]
+    return [
+        f"Greedy, repetition penalty 1.1, {r['tokens_per_second']:,.0f} tokens/s:",
+        "",
+        *_table(["prompt", "continuation"], rows),
+    ]
+
+
+def _quantize(ctx: Context, r: dict) -> list[str]:
+    rows = [
+        ["fp32", f"{r['int8']['source_bytes'] / 2**20:.2f}", f"{r['fp32_perplexity']:.2f}", "–"]
+    ]
+    rows += [
+        [
+            name,
+            f"{q['weight_bytes'] / 2**20:.2f}",
+            f"{q['perplexity']:.2f}",
+            f"{q['perplexity_change']:+.2%}",
+        ]
+        for name, q in r.items()
+        if name.startswith("int")
+    ]
+    return _table(["weights", "MiB", "held-out perplexity", "change"], rows)
+
+
+def _serve(ctx: Context, r: dict) -> list[str]:
+    return [
+        f'`POST {r["url"]}` with `{{"prompt": "{r["prompt"]}", "max_tokens": 24}}` '
+        f"and an API key answered in {r['latency_seconds']:.2f} s: `{r['completion']!r}` "
+        f"(usage {r['usage']}).",
+    ]
+
+
+DETAILS: dict[str, Callable[[Context, dict], list[str]]] = {
+    "dedup": _dedup,
+    "tokenizer": _tokenizer,
+    "pretrain": _pretrain,
+    "evaluate": _evaluate,
+    "generate": _generate,
+    "quantize": _quantize,
+    "serve": _serve,
+}
+
+
+def render(ctx: Context, stages: list[Stage]) -> str:
+    done = [s for s in stages if s.name in ctx.results]
+    results = [(s, ctx.results[s.name]) for s in done]
+    total = sum(r.get("seconds", 0.0) for _, r in results)
+    lines = [
+        "# chuan quickstart",
+        "",
+        f"{len(done)} of {len(stages)} stages on the bundled sample, {total / 60:.1f} minutes "
+        f"of stage time on {torch.get_num_threads()} CPU threads"
+        + (" and a GPU" if torch.cuda.is_available() else "")
+        + f". Output dir: `{ctx.out}`.",
+        "",
+        *_table(
+            ["stage", "seconds", "result"],
+            [
+                [
+                    s.title,
+                    f"{ctx.results[s.name].get('seconds', 0.0):.1f}",
+                    ctx.results[s.name]["summary"],
+                ]
+                for s in done
+            ],
+        ),
+        "",
+    ]
+    for stage in done:
+        if stage.name in DETAILS:
+            lines += [
+                f"## {stage.title}",
+                "",
+                *DETAILS[stage.name](ctx, ctx.results[stage.name]),
+                "",
+            ]
+    lines += [
+        "## Redo each stage by hand, at a larger scale",
+        "",
+        "```bash",
+        *(s.rerun.format(out=ctx.out) for s in done),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(ctx: Context, stages: list[Stage]) -> Path:
+    data = {"out": str(ctx.out), "stages": {name: r for name, r in ctx.results.items()}}
+    write_atomic(ctx.path("report.json"), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return write_atomic(ctx.path("report.md"), render(ctx, stages))
