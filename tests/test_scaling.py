@@ -419,3 +419,10 @@ def test_sweep_of_five_sizes_trains_resumes_and_skips_finished_runs(
 
     _cli(["scaling", "fit", str(out / "runs.csv")])
     assert json.loads((out / "fit" / "report.json").read_text())["fit"]["b"] < 0
+
+
+@pytest.mark.parametrize("name", ["scaling-cpu", "scaling-smoke"])
+def test_bundled_sweep_configs_load_and_plan(name):
+    cfg = load_sweep_config(SMOKE.parent / f"{name}.yaml")
+    assert len(cfg.sizes) >= 5
+    assert all(size.ffn is None or size.ffn == 3 * size.hidden for size in cfg.sizes)

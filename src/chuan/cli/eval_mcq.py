@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chuan.cli.options import add_device_arguments
 from chuan.eval.prompts import PRESETS
 from chuan.eval.subjects import TASKS
 
@@ -99,12 +100,6 @@ def register(actions: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="write the result JSON to OUT and the markdown report beside it (OUT with .md)",
     )
-    mcq.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
-    mcq.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="weights dtype (auto: bf16 on a GPU with bf16, else fp32); logits are read in fp32",
-    )
+    add_device_arguments(mcq)  # logits are read in fp32 whatever the weights' dtype
     mcq.add_argument("--quiet", action="store_true", help="no progress bars")
     mcq.set_defaults(func=_eval_mcq)

@@ -7,7 +7,7 @@ import json
 import sys
 from collections import Counter
 
-from chuan.infer.loading import DTYPES
+from chuan.cli.options import add_device_arguments
 
 _MAX_SHOWN_REJECTS = 5
 
@@ -102,13 +102,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, batch_default: int, batch_
         metavar="B",
         help=f"{batch_help} ({batch_default})",
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES],
-        help="weights' dtype (default auto: bf16 on a GPU that has it, else fp32)",
-    )
+    add_device_arguments(parser)
     parser.add_argument("--json", metavar="OUT", help="write the full results as JSON to OUT")
 
 

@@ -8,20 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+from chuan.cli.options import add_device_arguments
+
 CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="DIR", help="model dir (chuan, Baichuan or HF LLaMA)")
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="weights dtype (default auto: bf16 on a GPU with bf16, else fp32)",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--compile",
         action="store_true",

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from chuan.cli.options import add_device_arguments
+
 API_KEY_ENV = "CHUAN_API_KEY"
 
 
@@ -92,15 +94,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         default=16,
         help="most sequences decoded at once, across requests and choices (default 16)",
     )
-    serve.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: a GPU when present)"
-    )
-    serve.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="weights dtype (default auto: bf16 on a GPU that has it, else fp32)",
-    )
+    add_device_arguments(serve)
     serve.add_argument(
         "--log-level",
         default="info",
