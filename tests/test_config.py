@@ -1,5 +1,7 @@
 """Config fields, presets and sizing against the numbers published for the real models."""
 
+from pathlib import Path
+
 import pytest
 
 from chuan.model import BaichuanConfig, parameter_count, preset_config, swiglu_intermediate_size
@@ -73,3 +75,13 @@ def test_invalid_configs_name_the_field():
         BaichuanConfig(num_attention_heads=32, num_key_value_heads=5)
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("baichuan3")
+
+
+def test_config_reference_is_generated_from_the_dataclasses():
+    """docs/config-reference.md must be what the script writes now (re-run it after a change)."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    script = runpy.run_path(str(root / "scripts" / "make_config_reference.py"))
+    on_disk = (root / "docs" / "config-reference.md").read_text(encoding="utf-8")
+    assert script["render"]() == on_disk, "run: python scripts/make_config_reference.py"
