@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -19,7 +20,13 @@ def _quickstart(args: argparse.Namespace) -> None:
         seed=args.seed,
         progress=not args.quiet,
     )
-    run_quickstart(options)
+    try:
+        run_quickstart(options)
+    except KeyboardInterrupt:
+        sys.exit(
+            "chuan quickstart: interrupted; finished stages and the last checkpoint are kept: "
+            "run the same command again to continue where it stopped"
+        )
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

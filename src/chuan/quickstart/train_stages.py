@@ -86,7 +86,7 @@ def pretrain(ctx: Context) -> dict:
     resume = "auto" if ctx.path("pretrain", "checkpoints").is_dir() else None
     result = run_pretrain(cfg, resume=resume)
     if result.interrupted:
-        raise KeyboardInterrupt("pretraining was interrupted; re-run quickstart to continue")
+        raise KeyboardInterrupt("pretraining was interrupted")
     losses = [r["loss"] for r in read_metrics(ctx.path("pretrain", "metrics.jsonl")) if "loss" in r]
     return {
         "steps": result.steps,
