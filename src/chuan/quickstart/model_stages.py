@@ -178,6 +178,8 @@ def serve(ctx: Context) -> dict:
         thread.start()
         try:
             while not server.started:
+                if not thread.is_alive():  # uvicorn exits on a bind error instead of starting
+                    raise RuntimeError(f"the server did not start on 127.0.0.1:{port}")
                 time.sleep(0.05)
             began = time.perf_counter()
             body = {"model": "quickstart", "prompt": PROMPTS[0], "max_tokens": 24}
