@@ -2,9 +2,9 @@
 
 The original `tokenizer.model` is not beside the project, but `ggml-vocab-baichuan.gguf` keeps
 every piece with its score and type, which is all a SentencePiece BPE model encodes with. The
-trainer/normaliser settings are Baichuan 1's published ones (reference b.1): BPE, byte
-fallback, digits split, no normalisation, extra whitespace kept. The GGUF does not record the
-dummy prefix; Baichuan 1 had one (Baichuan 2 dropped it), so it is on.
+trainer/normaliser settings are Baichuan 1's published ones (baichuan-inc/Baichuan-7B README):
+BPE, byte fallback, digits split, no normalisation, extra whitespace kept. The GGUF does not
+record the dummy prefix; Baichuan 1 had one (Baichuan 2 dropped it), so it is on.
 
 The GGUF reader is this file's own: a v2/v3 header (magic, version, tensor count, KV count),
 then KV pairs of (string key, uint32 type, value); arrays are (element type, uint64 count,

@@ -1,12 +1,12 @@
 """Scaling law on a CPU: a sweep of model sizes over two orders of magnitude of compute, the fit
 of L(C) = a * C^b + L_inf, and the prediction of the largest model's loss from the others.
 
-Baichuan 2 fitted this law on seven small models and predicted its 7B and 13B losses (reference
-d.2). This is the same procedure at CPU scale with `chuan scaling sweep` and `chuan scaling fit`:
-the sizes of `configs/scaling-cpu.yaml` (ffn = 3 x hidden, one recipe, the same seed and row
-order), each trained on a fixed number of tokens per non-embedding parameter, then the fit on
-every run, and the held-out check: fit without the largest-compute run, predict its final
-held-out loss (goal: within 2%).
+Baichuan 2 fitted this law on seven small models and predicted its 7B and 13B losses (Baichuan 2
+technical report, arXiv:2309.10305, §2.7). This is the same procedure at CPU scale with
+`chuan scaling sweep` and `chuan scaling fit`: the sizes of `configs/scaling-cpu.yaml` (ffn = 3 x
+hidden, one recipe, the same seed and row order), each trained on a fixed number of tokens per
+non-embedding parameter, then the fit on every run, and the held-out check: fit without the
+largest-compute run, predict its final held-out loss (goal: within 2%).
 
 Side by side, on the same runs and the same held-out run, what users would pick instead:
 - a pure power law L = a * C^b, a straight line in log-log (`numpy.polyfit`), the form without

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real third-party test data beside the project, and tiny model dirs."""
+"""Fixtures for every test module: the real third-party test data in `tests/data`, and tiny
+model dirs."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """`../shared/data`; its absence is a broken checkout, so fail rather than skip."""
-    assert SHARED_DATA.is_dir(), f"test data missing: {SHARED_DATA} (see ../shared/data/README.md)"
-    return SHARED_DATA
+def test_data() -> Path:
+    """`tests/data`: slices of real third-party text, tokenizers, a tiny pretrained model and
+    benchmark CSVs, with their sources, licences and trims in `tests/data/README.md`. It is part
+    of the repository; its absence is a broken checkout, so fail rather than skip."""
+    assert TEST_DATA.is_dir(), f"test data missing: {TEST_DATA} (see tests/data/README.md)"
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,12 @@ GREEDY = SamplingConfig(max_new_tokens=12, stop_token_ids=(2,))
 
 
 @pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory, shared_data) -> Path:
+def tok_dir(tmp_path_factory, test_data) -> Path:
     """A Baichuan 2-style tokenizer trained on 300 Tatoeba pairs: rare characters fall back
     to UTF-8 byte pieces, and ids 195/196 are the role pieces `<reserved_106/107>`."""
     root = tmp_path_factory.mktemp("zh_tok")
     lines = []
-    source = shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
+    source = test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
     with open(source, encoding="utf-8-sig") as f:
         for _, line in zip(range(300), f, strict=False):
             lines += line.split("\t")[:2]
@@ -64,8 +64,8 @@ def _stream(tokenizer, ids: list[int], **kwargs) -> tuple[list[str], TextStream]
     return [*pieces, stream.flush()], stream
 
 
-def test_text_stream_rebuilds_chinese_with_byte_fallback(tok_dir, shared_data):
-    llama = shared_data / "tokenizers" / "llama" / "tokenizer.model"
+def test_text_stream_rebuilds_chinese_with_byte_fallback(tok_dir, test_data):
+    llama = test_data / "tokenizers" / "llama" / "tokenizer.model"
     tokenizers = [
         load_tokenizer(tok_dir),
         load_tokenizer(tok_dir, use_fast=False),
@@ -159,8 +159,8 @@ def test_build_chat_input_details(tok):
         build_chat_input(tok, CONVERSATION, 4096, 4096)
 
 
-def test_tokenizer_without_role_pieces_is_refused(shared_data):
-    llama = load_tokenizer(shared_data / "tokenizers" / "llama" / "tokenizer.model")
+def test_tokenizer_without_role_pieces_is_refused(test_data):
+    llama = load_tokenizer(test_data / "tokenizers" / "llama" / "tokenizer.model")
     with pytest.raises(ValueError, match="id 195 is '<0xC0>', not a <reserved_N> piece"):
         build_chat_input(llama, CONVERSATION, 10, 4096)
 

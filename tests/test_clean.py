@@ -31,14 +31,14 @@ EN, ZH = rules.EnglishRules(), rules.ChineseRules()
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # ------------------------------------------------------------------------------------------------
-# Real documents from ../shared/data/text
+# Real documents from tests/data/text
 
 
 @pytest.fixture(scope="module")
-def bible(shared_data) -> dict[str, list[str]]:
+def bible(test_data) -> dict[str, list[str]]:
     """Bible chapters, one verse per line: `en` (KJV) and `zh` (和合本, Simplified)."""
     chapters: dict[str, dict] = {"en": defaultdict(list), "zh": defaultdict(list)}
-    path = shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
+    path = test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
     for line in path.read_text(encoding="utf-8").splitlines()[1:]:
         ref, en, zh, _ = line.split("\t")
         chapter = ref.rsplit(":", 1)[0]
@@ -49,10 +49,10 @@ def bible(shared_data) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def wiki(shared_data) -> list[str]:
+def wiki(test_data) -> list[str]:
     """Wikipedia paragraphs: each article cut at sentence ends into ~2,000-character pieces."""
     pieces = []
-    for article in (shared_data / "text" / "en" / "wiki_demo.txt").read_text("utf-8").splitlines():
+    for article in (test_data / "text" / "en" / "wiki_demo.txt").read_text("utf-8").splitlines():
         current = ""
         for sentence in re.split(r"(?<=[.!?])\s+", article):
             current = f"{current} {sentence}".strip()
@@ -63,9 +63,9 @@ def wiki(shared_data) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def guwen(shared_data) -> list[str]:
+def guwen(test_data) -> list[str]:
     """古文观止 essays (classical Chinese), paragraphs one per line."""
-    path = shared_data / "text" / "zh_classical" / "chinese_poetry" / "guwenguanzhi.json"
+    path = test_data / "text" / "zh_classical" / "chinese_poetry" / "guwenguanzhi.json"
     found: list[str] = []
 
     def walk(node) -> None:
@@ -82,20 +82,20 @@ def guwen(shared_data) -> list[str]:
     return found
 
 
-def debian_sections(shared_data: Path, name: str) -> list[str]:
+def debian_sections(test_data: Path, name: str) -> list[str]:
     """Numbered sections (`1.2.3.`) of a Debian Reference text, table of contents left out."""
-    text = (shared_data / "text" / name).read_text(encoding="utf-8")
+    text = (test_data / "text" / name).read_text(encoding="utf-8")
     return re.split(r"\n(?=\d+\.\d+\.\d+\.\s\S)", text)[1:]
 
 
 @pytest.fixture(scope="module")
-def debian_en(shared_data) -> list[str]:
-    return debian_sections(shared_data, "en/debian-reference.en.txt")
+def debian_en(test_data) -> list[str]:
+    return debian_sections(test_data, "en/debian-reference.en.txt")
 
 
 @pytest.fixture(scope="module")
-def debian_zh(shared_data) -> list[str]:
-    return debian_sections(shared_data, "zh_modern/debian-reference.zh-cn.txt")
+def debian_zh(test_data) -> list[str]:
+    return debian_sections(test_data, "zh_modern/debian-reference.zh-cn.txt")
 
 
 @pytest.fixture(scope="module")
@@ -373,8 +373,8 @@ def test_zh_ngram_and_char3_repetition(chuang, guwen):
     keeps_and_drops(rules.zh_char3_repetition, ZH, guwen[0], slogan)
 
 
-def test_zh_special_share(chuang, shared_data):
-    fortunes = (shared_data / "text" / "zh_modern" / "fortunes_zh_chinese").read_text("utf-8")
+def test_zh_special_share(chuang, test_data):
+    fortunes = (test_data / "text" / "zh_modern" / "fortunes_zh_chinese").read_text("utf-8")
     entry = next(e for e in fortunes.split("\n%\n") if len(e) > 300)
     assert rules.zh_special_share(rules.Doc(ANSI.sub("", entry)), ZH) is None
     chars = chuang.replace("\n", "")
@@ -436,10 +436,10 @@ def test_identify(gen, chuang, wiki, debian_zh, debian_en):
     assert identify(french)[0] == "other"
 
 
-def test_to_simplified_against_fortunes(shared_data):
+def test_to_simplified_against_fortunes(test_data):
     """唐诗三百首 in Traditional (chinese-poetry) converted to Simplified matches the Simplified
     copy in Debian's fortunes-zh, an independent source."""
-    root = shared_data / "text" / "zh_classical"
+    root = test_data / "text" / "zh_classical"
     poems = json.loads((root / "chinese_poetry" / "tangshisanbaishou.json").read_text("utf-8"))
     lines = [
         p for group in poems["content"] for poem in group["content"] for p in poem["paragraphs"]

@@ -37,7 +37,7 @@ def test_model_init_info_generate(tmp_path, capsys):
     assert again == result  # greedy by default: deterministic
 
 
-def test_init_takes_vocabulary_and_files_from_a_tokenizer(shared_data, tmp_path):
+def test_init_takes_vocabulary_and_files_from_a_tokenizer(test_data, tmp_path):
     main(
         [
             "model",
@@ -45,7 +45,7 @@ def test_init_takes_vocabulary_and_files_from_a_tokenizer(shared_data, tmp_path)
             "--preset",
             "tiny",
             "--tokenizer",
-            str(shared_data / "tokenizers" / "llama"),
+            str(test_data / "tokenizers" / "llama"),
             "--out",
             str(tmp_path / "m"),
         ]

@@ -38,7 +38,7 @@ def raw(tmp_path_factory) -> Path:
     return write_jsonl(root / "raw.jsonl", docs + docs[:10] + copies + junk)
 
 
-def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys):
+def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys, test_data):
     clean, dedup = tmp_path / "clean", tmp_path / "dedup"
     main(["data", "clean", str(raw), "--out", str(clean), "--quiet"])
     report = _report(clean)
@@ -90,7 +90,7 @@ def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys):
             "pack",
             str(mixed / "shards"),
             "--tokenizer",
-            str(shared_tokenizer(tmp_path)),
+            str(llama_tokenizer(test_data, tmp_path)),
             "--out",
             str(packed),
             "--max-length",
@@ -101,11 +101,10 @@ def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def shared_tokenizer(tmp_path: Path) -> Path:
-    """The LLaMA tokenizer from the shared data, as a tokenizer dir."""
+def llama_tokenizer(test_data: Path, tmp_path: Path) -> Path:
+    """The LLaMA tokenizer from the test data, as a tokenizer dir."""
     from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
 
-    model = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tokenizers"
     out = tmp_path / "tok"
-    write_tokenizer_dir(out, load_proto(model / "llama" / "tokenizer.model"))
+    write_tokenizer_dir(out, load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model"))
     return out

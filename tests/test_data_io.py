@@ -68,9 +68,9 @@ def test_txt_is_one_document_per_non_blank_line(tmp_path):
     ]
 
 
-def test_real_jsonl_and_its_compressed_copies(shared_data, tmp_path):
+def test_real_jsonl_and_its_compressed_copies(test_data, tmp_path):
     """c4_demo.jsonl holds 300 documents (data README); gz, zst and Parquet copies agree."""
-    source = shared_data / "text" / "en" / "c4_demo.jsonl"
+    source = test_data / "text" / "en" / "c4_demo.jsonl"
     raw = source.read_bytes()
     (tmp_path / "c4.jsonl.gz").write_bytes(gzip.compress(raw))
     (tmp_path / "c4.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))

@@ -1,5 +1,5 @@
 """`chuan data dedup`: shingles, MinHash, LSH parameters, clusters and the whole stage, on real
-text from ../shared/data/text with planted duplicates."""
+text from tests/data/text with planted duplicates."""
 
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ def _unique(docs: list[str], limit: float = 0.3) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def originals(shared_data) -> dict[str, list[str]]:
+def originals(test_data) -> dict[str, list[str]]:
     """About 110 unique Chinese and 120 unique English documents of real text."""
-    text = shared_data / "text"
+    text = test_data / "text"
     zh = _fortunes(text / "zh_modern" / "fortunes_zh_chinese")
     zh = [d for d in zh if len(d) >= 150][:80]
     zh += _paragraphs(text / "zh_modern" / "debian-reference.zh-cn.txt", 300, 1500)[20:60]
@@ -100,11 +100,9 @@ def test_optimal_bands_match_datasketch_published_choices():
     assert curve["0.8"] == pytest.approx(0.92, abs=0.006)
 
 
-def test_chinese_is_shingled_by_characters_and_english_by_words(shared_data):
+def test_chinese_is_shingled_by_characters_and_english_by_words(test_data):
     """Pitfall 43: a Chinese verse gives character 5-grams without punctuation, not clauses."""
-    line = (
-        (shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text().split("\n")[1]
-    )
+    line = (test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text().split("\n")[1]
     _, en, zh, _ = line.split("\t")
     zh_shingles = minhash.shingle_strings(zh)
     assert all(len(s) == 5 and "，" not in s and "\u3000" not in s for s in zh_shingles)
@@ -139,7 +137,7 @@ def test_vectorised_hashes_agree_with_shingle_strings(originals):
 
 def test_minhash_estimates_exact_jaccard_and_blocks_do_not_change_it(originals):
     """Signature agreement is an unbiased estimate of the exact Jaccard of the shingle sets,
-    and the blockwise minima (pitfall 50) equal the unblocked ones."""
+    and the blockwise minima (hashing in blocks bounds memory) equal the unblocked ones."""
     rng = random.Random(0)
     pools = _pools(originals)
     hasher = minhash.MinHasher(256, seed=1)
@@ -266,9 +264,9 @@ def test_counts_fields_and_representative_with_highest_quality(originals, tmp_pa
     assert (tmp_path / "out" / "report.md").read_text().startswith("# chuan data dedup")
 
 
-def test_sentence_dedup_drops_repeats_after_k(shared_data, tmp_path):
+def test_sentence_dedup_drops_repeats_after_k(test_data, tmp_path):
     """A sentence in more than K documents survives only in the first; one seen K times stays."""
-    rows = (shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
+    rows = (test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
     english = list(dict.fromkeys(line.split("\t")[0] for line in rows.split("\n")[5000:5100]))
     boiler, rare = (
         "All rights reserved by the original authors.",

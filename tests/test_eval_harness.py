@@ -18,6 +18,8 @@ from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
 from helpers.corpus import write_jsonl
 
+pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
+
 ITEMS = [
     {"question": "The sky on a clear day is", "choices": ["blue", "green", "loud"], "answer": 0},
     {"question": "Two plus two equals", "choices": ["four", "five", "twenty-two"], "answer": 0},
@@ -29,11 +31,11 @@ ITEMS = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data) -> Path:
+def model_dir(tmp_path_factory, test_data) -> Path:
     """A tiny random model with the LLaMA tokenizer."""
     root = tmp_path_factory.mktemp("harness")
     tok = write_tokenizer_dir(
-        root / "tok", load_proto(shared_data / "tokenizers" / "llama" / "tokenizer.model")
+        root / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
     )
     init_model_dir(root / "model", "tiny", tokenizer_dir=tok, seed=11)
     return root / "model"

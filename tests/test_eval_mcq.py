@@ -52,17 +52,17 @@ CONTEXT = 512  # the tiny preset's context length
 
 
 @pytest.fixture(scope="module")
-def eval_root(shared_data) -> Path:
-    return shared_data / "eval"
+def eval_root(test_data) -> Path:
+    return test_data / "eval"
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(shared_data, tmp_path_factory) -> Path:
+def tokenizer_dir(test_data, tmp_path_factory) -> Path:
     """A 3,000-piece Baichuan 2-style tokenizer (no dummy prefix) trained on Bible verses in
     English and Chinese and Tatoeba pairs."""
     root = tmp_path_factory.mktemp("mcq_tok")
-    pairs = (shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
-    docs = bible_documents(shared_data, 2000) + [
+    pairs = (test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
+    docs = bible_documents(test_data, 2000) + [
         {"text": line.replace("\t", "\n")} for line in pairs.splitlines()[:3000]
     ]
     corpus = write_jsonl(root / "corpus.jsonl", docs)
@@ -84,9 +84,9 @@ def tok(model_dir):
 
 
 @pytest.fixture(scope="module")
-def llama_tok(shared_data, tmp_path_factory):
+def llama_tok(test_data, tmp_path_factory):
     """The LLaMA tokenizer: a dummy-prefix SentencePiece model, where "A" alone is `▁A`."""
-    proto = load_proto(shared_data / "tokenizers" / "llama" / "tokenizer.model")
+    proto = load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
     return load_tokenizer(write_tokenizer_dir(tmp_path_factory.mktemp("llama") / "tok", proto))
 
 

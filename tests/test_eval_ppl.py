@@ -17,16 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from chuan.cli import eval_ppl
-from chuan.eval.perplexity import evaluate_perplexity, sliding_windows
+from chuan.eval.perplexity import evaluate_perplexity
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.model.checkpoint import init_model_dir
+from chuan.model.nll import sliding_windows
 from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shared_data) -> Path:
+def model_dir(tmp_path_factory, test_data) -> Path:
     """A tiny random model with the LLaMA tokenizer (no BOS added, as in Baichuan's config).
 
     A wide init (0.2) makes the logits depend strongly on the context, so a wrong window or
@@ -34,7 +35,7 @@ def model_dir(tmp_path_factory, shared_data) -> Path:
     """
     root = tmp_path_factory.mktemp("ppl")
     tok = write_tokenizer_dir(
-        root / "tok", load_proto(shared_data / "tokenizers" / "llama" / "tokenizer.model")
+        root / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
     )
     init_model_dir(root / "model", "tiny", tokenizer_dir=tok, seed=5, initializer_range=0.2)
     return root / "model"
@@ -46,9 +47,9 @@ def lm(model_dir):
 
 
 @pytest.fixture(scope="module")
-def docs(shared_data) -> list[str]:
+def docs(test_data) -> list[str]:
     """Bilingual documents of about 20 to 300 tokens."""
-    return [d["text"] for d in bible_documents(shared_data, 20)]
+    return [d["text"] for d in bible_documents(test_data, 20)]
 
 
 def token_nats(model, seq: list[int]) -> torch.Tensor:

@@ -27,6 +27,8 @@ from chuan.infer.sampling import (
 )
 from chuan.model import BaichuanForCausalLM, preset_config
 
+pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
+
 PROMPTS = [[1, 17, 300, 42, 9], [1, 77], [1, 5, 6, 7, 8, 9, 10, 11, 12]]
 SHAPES = {
     "rope": ("tiny", {}),
@@ -77,13 +79,13 @@ def test_batch_of_different_lengths_equals_each_alone(model):
     assert [len(x) for x in batched] == [20, 12, 16]
 
 
-def test_real_tiny_llama_golden_output_in_a_batch(shared_data, tmp_path):
+def test_real_tiny_llama_golden_output_in_a_batch(test_data, tmp_path):
     """stories260K (GQA 8/4 heads, tied head) reproduces llama2.c's greedy 200 tokens from
     BOS, also as the short row of a left-padded batch."""
     from chuan.model.convert import load_as_baichuan
     from helpers.llama2c import llama2c_to_hf_llama
 
-    model_dir = shared_data / "models" / "tinystories_260k"
+    model_dir = test_data / "models" / "tinystories_260k"
     llama2c_to_hf_llama(model_dir / "stories260K.bin", tmp_path / "llama")
     model = load_as_baichuan(tmp_path / "llama").eval()
     expected = json.loads((model_dir / "expected_greedy_200_steps.ids.json").read_text())

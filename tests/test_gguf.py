@@ -24,13 +24,13 @@ LAYERS = 2
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, shared_data) -> dict:
+def models(tmp_path_factory, test_data) -> dict:
     """A tokenizer trained on bilingual verses and two random `tiny` RoPE dirs using it: one
     with NormHead and full multi-head attention, one with a plain head and 2 KV heads."""
     from chuan.tokenizer.train import train_tokenizer
 
     root = tmp_path_factory.mktemp("gguf")
-    corpus = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, 1500))
+    corpus = write_jsonl(root / "corpus.jsonl", bible_documents(test_data, 1500))
     train_tokenizer(corpus, root / "tok", vocab_size=3000, progress=False)
     init_model_dir(
         root / "mha", "tiny", tokenizer_dir=root / "tok", seed=1, num_hidden_layers=LAYERS

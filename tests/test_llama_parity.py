@@ -1,10 +1,13 @@
 """chuan's model against transformers' own LlamaForCausalLM, an independent implementation."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import chuan  # noqa: F401  (registers the Auto classes)
 from chuan.model.convert import convert
+
+pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
 
 ATOL = 1e-4
 

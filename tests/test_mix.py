@@ -28,11 +28,11 @@ from helpers.corpus import write_jsonl
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
+def corpus(tmp_path_factory, test_data) -> dict[str, Path]:
     """Bible passages tagged en / zh in one file (with a broken line), Tang poems untagged in
     another (their category comes from the config); every record has an id and a score."""
     root = tmp_path_factory.mktemp("mix")
-    text = shared_data / "text"
+    text = test_data / "text"
     rows = (text / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8").splitlines()[1:]
     bible = []
     for start in range(0, 1500, 5):

@@ -23,8 +23,8 @@ LLAMA_SIZE = 32000
 
 
 @pytest.fixture(scope="module")
-def llama(shared_data):
-    return shared_data / "tokenizers" / "llama" / "tokenizer.model"
+def llama(test_data):
+    return test_data / "tokenizers" / "llama" / "tokenizer.model"
 
 
 @pytest.fixture(scope="module")

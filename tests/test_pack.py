@@ -23,16 +23,16 @@ from helpers.corpus import write_jsonl
 BOS, EOS, PAD = 1, 2, 0  # LLaMA's ids; pad is <unk>, as Baichuan pads
 
 
-def _tatoeba(shared_data, start: int, count: int) -> list[tuple[str, str]]:
-    path = shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
+def _tatoeba(test_data, start: int, count: int) -> list[tuple[str, str]]:
+    path = test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
     lines = path.read_text(encoding="utf-8-sig").splitlines()[start : start + count]
     return [tuple(line.split("\t")[:2]) for line in lines]
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, shared_data) -> Path:
+def tokenizer_dir(tmp_path_factory, test_data) -> Path:
     out = tmp_path_factory.mktemp("tok") / "llama"
-    write_tokenizer_dir(out, load_proto(shared_data / "tokenizers" / "llama" / "tokenizer.model"))
+    write_tokenizer_dir(out, load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model"))
     return out
 
 
@@ -42,17 +42,17 @@ def sp(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data) -> Path:
+def corpus(tmp_path_factory, test_data) -> Path:
     """Long English web pages, short Chinese lines (.txt) and Colossal en->zh records, one in
     four with an empty source; one page holds special-token strings as plain text."""
     root = tmp_path_factory.mktemp("corpus")
-    c4 = (shared_data / "text" / "en" / "c4_demo.jsonl").read_text(encoding="utf-8")
+    c4 = (test_data / "text" / "en" / "c4_demo.jsonl").read_text(encoding="utf-8")
     web = [{"text": json.loads(line)["text"], "category": "web"} for line in c4.splitlines()[:30]]
     web.append(
         {"text": "A literal </s> or <s> in a page is text, not a marker.", "category": "web"}
     )
     write_jsonl(root / "web.jsonl", web)
-    pairs = _tatoeba(shared_data, 0, 140)
+    pairs = _tatoeba(test_data, 0, 140)
     (root / "zh.txt").write_text("".join(zh + "\n" for _, zh in pairs[:60]), encoding="utf-8")
     qa = [
         {"source": "" if i % 4 == 0 else en, "target": zh, "category": "qa"}
@@ -298,12 +298,10 @@ def test_out_is_written_atomically_and_bad_settings_are_named(tmp_path, corpus, 
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-alibi"])
-def test_packed_loss_equals_the_documents_run_alone(
-    preset, tmp_path, shared_data, tokenizer_dir, sp
-):
+def test_packed_loss_equals_the_documents_run_alone(preset, tmp_path, test_data, tokenizer_dir, sp):
     records = [
         {"text": f"{en} {zh}"} if i % 2 else {"source": en if i % 3 else "", "target": zh}
-        for i, (en, zh) in enumerate(_tatoeba(shared_data, 1000, 60))
+        for i, (en, zh) in enumerate(_tatoeba(test_data, 1000, 60))
     ]
     (tmp_path / "in").mkdir()
     write_jsonl(tmp_path / "in" / "d.jsonl", records)

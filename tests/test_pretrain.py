@@ -36,9 +36,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
+def corpus(tmp_path_factory, test_data) -> dict[str, Path]:
     """A tokenizer trained on 6,000 bilingual verses and the verses packed into 128-token rows."""
-    return bible_corpus(tmp_path_factory.mktemp("bible"), shared_data, verses=6000, max_length=128)
+    return bible_corpus(tmp_path_factory.mktemp("bible"), test_data, verses=6000, max_length=128)
 
 
 def _config(tmp: Path, corpus: dict, **fields) -> dict:

@@ -24,8 +24,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
-    return bible_corpus(tmp_path_factory.mktemp("bible"), shared_data, verses=1500, max_length=64)
+def corpus(tmp_path_factory, test_data) -> dict[str, Path]:
+    return bible_corpus(tmp_path_factory.mktemp("bible"), test_data, verses=1500, max_length=64)
 
 
 def _config(root: Path, corpus: dict, **fields) -> Path:

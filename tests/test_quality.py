@@ -41,9 +41,9 @@ BOILERPLATE = [
 ]
 
 
-def real_documents(shared_data: Path) -> list[str]:
+def real_documents(test_data: Path) -> list[str]:
     """Five-verse Bible passages (KJV and CUV), Wikipedia slices and Tang poems."""
-    text = shared_data / "text"
+    text = test_data / "text"
     rows = (text / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8").splitlines()[1:]
     docs = []
     for start in range(0, 1000, 5):
@@ -73,9 +73,9 @@ def junk_documents(real: list[str], seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data) -> dict[str, Path]:
+def corpus(tmp_path_factory, test_data) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("quality")
-    real = real_documents(shared_data)
+    real = real_documents(test_data)
     junk = junk_documents(real, seed=0)
     return {
         "good": write_jsonl(root / "good.jsonl", [{"text": t} for t in real]),
@@ -123,7 +123,7 @@ def test_features_count_char_and_word_ngrams_and_skip_cjk_words():
     spec = FeatureSpec(buckets=1 << 16)
     # "ab  cd": one space after normalising; 5 + 4 + 3 char n-grams, 2 words, 1 word bigram.
     assert len(feature_buckets("AB  cd", spec)) == 15
-    # Chinese is char n-grams only: 4 + 3 + 2; a clause is never a "word" (pitfall 43).
+    # Chinese is char n-grams only: 4 + 3 + 2; a clause is never one "word" (`\W` splitting).
     assert len(feature_buckets("中文句子", spec)) == 9
     assert feature_buckets("AB cd", spec).tolist() == feature_buckets("ab\ncd", spec).tolist()
     assert feature_buckets("ab cd", spec).max() < 1 << 16
@@ -205,14 +205,14 @@ def test_score_corpus_adds_quality_keeps_fields_and_counts(tmp_path, trained, co
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory, shared_data) -> Path:
+def lm_dir(tmp_path_factory, test_data) -> Path:
     """A random tiny chuan model with the LLaMA tokenizer beside it."""
     from chuan.model.checkpoint import init_model_dir
     from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
 
     root = tmp_path_factory.mktemp("lm")
     write_tokenizer_dir(
-        root / "tok", load_proto(shared_data / "tokenizers" / "llama" / "tokenizer.model")
+        root / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
     )
     init_model_dir(root / "model", "tiny", tokenizer_dir=root / "tok", seed=5)
     return root / "model"
@@ -232,12 +232,12 @@ def reference_mean_loss(model, ids: list[int], max_length: int) -> float:
     return total / count
 
 
-def test_perplexity_equals_the_loss_of_each_window_run_alone(tmp_path, lm_dir, shared_data):
+def test_perplexity_equals_the_loss_of_each_window_run_alone(tmp_path, lm_dir, test_data):
     from transformers import AutoModelForCausalLM
 
     from chuan.tokenizer.hf import load_tokenizer
 
-    lines = (shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
+    lines = (test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt").read_text("utf-8-sig")
     pairs = [line.split("\t")[:2] for line in lines.splitlines()[200:206]]
     texts = [en for en, _ in pairs] + [zh for _, zh in pairs] + [" ".join(e for e, _ in pairs)]
     records = [{"text": t, "id": i} for i, t in enumerate(texts)]

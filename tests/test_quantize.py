@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from chuan.cli import main
+from chuan.eval.perplexity import compare_perplexity, first_documents
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.infer.quantize import (
     PUBLISHED_GIB,
@@ -24,18 +26,17 @@ from chuan.infer.quantize import (
     build_model,
     load_quantized,
     pack_int4,
-    perplexity,
     quantize_dir,
     quantize_int4,
     quantize_int8,
     quantize_model,
-    read_eval_tokens,
     read_source,
     unpack_int4,
     weight_bytes,
 )
 from chuan.model import BaichuanForCausalLM, preset_config
 from chuan.model.checkpoint import copy_side_files, init_model_dir
+from chuan.model.nll import perplexity
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents
 
@@ -52,13 +53,13 @@ def _encode(tokenizer, docs: list[dict]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shared_data) -> dict:
+def trained(tmp_path_factory, test_data) -> dict:
     """A two-layer `tiny` model (RoPE, NormHead) trained for 80 steps on KJV verses, saved as
     a model dir with its tokenizer, plus held-out token ids from later verses."""
     from chuan.tokenizer.train import train_tokenizer
 
     root = tmp_path_factory.mktemp("quantize")
-    docs = [d for d in bible_documents(shared_data, 4800) if d["category"] == "en"]
+    docs = [d for d in bible_documents(test_data, 4800) if d["category"] == "en"]
     corpus = write_jsonl(root / "train.jsonl", docs[:TRAIN_DOCS])
     train_tokenizer(corpus, root / "tok", vocab_size=1000, progress=False)
     tokenizer = load_tokenizer(root / "tok")
@@ -213,9 +214,9 @@ def test_held_out_perplexity_rises_less_than_a_bound(trained, spec, max_rise):
     on WikiText-2 (5.68 -> ~5.9, GPTQ paper, Table 3 RTN rows), so 5%; int8 per-row is
     about 15x finer (127 vs 7.5 steps per half-range), so 0.5%."""
     model, ids = trained["model"], trained["held_out"]
-    before = perplexity(model, ids, 256)
+    before = perplexity(model, ids, max_length=256)
     quantized, _ = _quantized_copy(model, spec)
-    after = perplexity(quantized, ids, 256)
+    after = perplexity(quantized, ids, max_length=256)
     print(f"int{spec.bits} perplexity {before:.3f} -> {after:.3f}")
     assert before < 400  # the model learned something (uniform over 1,000 tokens is 1,000)
     assert after / before - 1 < max_rise
@@ -223,7 +224,7 @@ def test_held_out_perplexity_rises_less_than_a_bound(trained, spec, max_rise):
         for module in quantized.modules():
             if isinstance(module, QLinear):
                 module.qweight = (module.qweight >> 4) | (module.qweight << 4)
-        assert perplexity(quantized, ids, 256) / before - 1 > max_rise
+        assert perplexity(quantized, ids, max_length=256) / before - 1 > max_rise
 
 
 # ---- the quantized dir --------------------------------------------------------------------
@@ -352,9 +353,9 @@ def _run_cli(argv: list[str]) -> None:
     args.func(args)
 
 
-def test_cli_quantizes_evaluates_and_reports(trained, tmp_path, capsys, shared_data):
+def test_cli_quantizes_evaluates_and_reports(trained, tmp_path, capsys, test_data):
     held_out = tmp_path / "held_out.txt"
-    rows = (shared_data / "text/parallel/bible_kjv_cuvs_wenli.tsv").read_text().splitlines()
+    rows = (test_data / "text/parallel/bible_kjv_cuvs_wenli.tsv").read_text().splitlines()
     held_out.write_text("\n".join(r.split("\t")[1] for r in rows[4001:4200]) + "\n")
     out = tmp_path / "q4"
     _run_cli(
@@ -364,13 +365,23 @@ def test_cli_quantizes_evaluates_and_reports(trained, tmp_path, capsys, shared_d
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
-    assert "Baichuan2-7B" in printed and "held-out perplexity on 1,024 tokens" in printed
+    assert "Baichuan2-7B" in printed and "held-out perplexity on" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["group_size"] == 64 and report["bits"] == 4
     ppl = report["perplexity"]
-    assert ppl["tokens"] == 1024 and ppl["window"] == 128
+    assert 900 < ppl["tokens"] <= 1024 and ppl["window"] == 128
     assert 1 < ppl["before"] < 1000 and abs(ppl["relative_change"]) < 0.05
     assert "| unquantized |" in (out / "report.md").read_text()
+    # The same numbers as `chuan eval ppl` on the lines that were evaluated, same window.
+    lines = tmp_path / "evaluated.txt"
+    lines.write_text("\n".join(held_out.read_text().splitlines()[: ppl["documents"]]) + "\n")
+    for label, model_dir in (("before", trained["dir"]), ("after", out)):
+        scored = tmp_path / f"{label}.json"
+        main(["eval", "ppl", str(model_dir), "--text", str(lines), "--lines",
+              "--max-length", "128", "--json", str(scored)])  # fmt: skip
+        overall = json.loads(scored.read_text())["overall"]
+        assert overall["tokens"] == ppl["tokens"]
+        assert overall["perplexity"] == pytest.approx(ppl[label], rel=1e-12)
     with pytest.raises(SystemExit):
         _run_cli(["quantize", str(trained["dir"]), str(out), "--bits", "3"])
     help_text = capsys.readouterr()
@@ -395,19 +406,20 @@ def test_transformers_loads_and_saves_quantized_dirs(trained, tmp_path):
 
 def test_eval_text_is_one_document_per_line_and_errors_name_the_line(trained, tmp_path):
     tokenizer = load_tokenizer(trained["dir"])
-    text = tmp_path / "held_out.txt"
-    text.write_text("In the beginning\n\nGod created\n", encoding="utf-8")
-    expected = [*tokenizer.encode("In the beginning", add_special_tokens=False), 2]
-    expected += [*tokenizer.encode("God created", add_special_tokens=False), 2]
-    assert read_eval_tokens(text, tokenizer, 2, 100) == expected
-    assert read_eval_tokens(text, tokenizer, 2, 3) == expected[:3]
+    docs = ["In the beginning", "God created", "the heaven and the earth"]
+    sizes = [len(tokenizer.encode(d, add_special_tokens=False)) + 1 for d in docs]
+    assert first_documents(docs, tokenizer, sum(sizes)) == docs
+    assert first_documents(docs, tokenizer, sizes[0] + sizes[1]) == docs[:2]
+    assert first_documents(docs, tokenizer, 1) == docs[:1]  # never none
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n\xff\xfe broken\n")
-    with pytest.raises(ValueError, match=r"bad\.txt:2: not valid UTF-8"):
-        read_eval_tokens(bad, tokenizer, 2, 100)
+    with pytest.raises(ValueError, match=r"bad\.txt:2: .*UTF-8"):
+        compare_perplexity({"m": trained["dir"]}, bad, max_tokens=100, max_length=64)
     (tmp_path / "empty.txt").write_text("\n")
-    with pytest.raises(ValueError, match="fewer than 2 tokens"):
-        read_eval_tokens(tmp_path / "empty.txt", tokenizer, 2, 100)
+    with pytest.raises(ValueError, match="no non-empty line"):
+        compare_perplexity(
+            {"m": trained["dir"]}, tmp_path / "empty.txt", max_tokens=100, max_length=64
+        )
 
 
 def test_plain_transformers_refuses_a_quantized_dir_instead_of_random_weights(tmp_path):

@@ -50,12 +50,12 @@ GENERATION_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def model_dir(shared_data, tmp_path_factory) -> Path:
+def model_dir(test_data, tmp_path_factory) -> Path:
     from chuan.model.checkpoint import init_model_dir
     from chuan.tokenizer.train import train_tokenizer
 
     root = tmp_path_factory.mktemp("serve")
-    corpus = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, 100))
+    corpus = write_jsonl(root / "corpus.jsonl", bible_documents(test_data, 100))
     train_tokenizer(corpus, root / "tok", vocab_size=1200, num_threads=1, progress=False)
     init_model_dir(root / "model", "tiny", tokenizer_dir=root / "tok", seed=5)
     (root / "model" / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))

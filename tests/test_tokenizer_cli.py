@@ -9,9 +9,9 @@ from chuan.tokenizer.spm import load_sentencepiece
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data):
+def corpus(tmp_path_factory, test_data):
     """Two thousand lines of real bilingual text as JSONL with categories."""
-    tsv = (shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8")
+    tsv = (test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8")
     rows = [line.split("\t") for line in tsv.splitlines()[1:1001]]
     path = tmp_path_factory.mktemp("corpus") / "bible.jsonl"
     with open(path, "w", encoding="utf-8") as f:
@@ -71,8 +71,8 @@ def test_train_expand_init_resize(corpus, tmp_path, capsys):
     assert config["vocab_size"] == sp_x.vocab_size()
 
 
-def test_expand_needs_pieces_or_corpus(tmp_path, shared_data, capsys):
-    base = ["tokenizer", "expand", "--base", str(shared_data / "tokenizers" / "llama")]
+def test_expand_needs_pieces_or_corpus(tmp_path, test_data, capsys):
+    base = ["tokenizer", "expand", "--base", str(test_data / "tokenizers" / "llama")]
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
@@ -136,3 +136,31 @@ def test_tokenizer_verbs_have_help(verb, capsys):
         build_parser().parse_args([*verb, "--help"])
     assert exit_info.value.code == 0
     assert "usage: chuan" in capsys.readouterr().out
+
+
+def test_a_vocabulary_too_small_for_the_characters_names_the_size_that_fits(corpus, tmp_path):
+    """SentencePiece's own advice names an option chuan did not have; chuan's error names the
+    smallest vocabulary that fits and `--character-coverage`, and both remedies work."""
+    argv = ["tokenizer", "train", str(corpus), "--out", str(tmp_path / "tok"), "--overwrite"]
+
+    def smallest_fit(*extra: str) -> int:
+        with pytest.raises(SystemExit) as refused:
+            main([*argv, "--vocab-size", "800", *extra])
+        message = str(refused.value)
+        assert "--character-coverage" in message and "--character_coverage" not in message
+        return int(message.split("at least ")[1].split()[0])
+
+    needed = smallest_fit()
+    assert needed > 800
+    main([*argv, "--vocab-size", str(needed)])
+    assert load_sentencepiece(tmp_path / "tok").vocab_size() == needed
+    with pytest.raises(SystemExit, match=f"at least {needed} pieces"):
+        main([*argv, "--vocab-size", str(needed - 1)])
+    # A lower coverage spells rare characters in bytes and fits a smaller vocabulary.
+    fewer = smallest_fit("--character-coverage", "0.98")
+    assert fewer < needed
+    main([*argv, "--vocab-size", str(fewer), "--character-coverage", "0.98"])
+    report = json.loads((tmp_path / "tok" / "train_report.json").read_text())
+    assert report["settings"]["character_coverage"] == 0.98
+    with pytest.raises(SystemExit, match="between 0.98 and 1"):
+        main([*argv, "--vocab-size", "800", "--character-coverage", "0.9"])

@@ -26,39 +26,39 @@ ADD = 6000
 HAN = re.compile("[\u4e00-\u9fff]")
 
 
-def _bible_chinese(shared_data) -> list[str]:
-    path = shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
+def _bible_chinese(test_data) -> list[str]:
+    path = test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
     rows = path.read_text(encoding="utf-8").splitlines()[1:]
     return [cells[2] for cells in (r.split("\t") for r in rows) if cells[2]]
 
 
-def _poems(shared_data, name: str) -> list[str]:
-    path = shared_data / "text" / "zh_classical" / "chinese_poetry" / name
+def _poems(test_data, name: str) -> list[str]:
+    path = test_data / "text" / "zh_classical" / "chinese_poetry" / name
     return ["".join(p["paragraphs"]) for p in json.loads(path.read_text(encoding="utf-8"))]
 
 
 @pytest.fixture(scope="module")
-def corpus(shared_data, tmp_path_factory):
+def corpus(test_data, tmp_path_factory):
     """(training file, held-out lines): disjoint Bible verses and Song ci, plus the Analects."""
-    bible, ci = _bible_chinese(shared_data), _poems(shared_data, "ci.song.0.json")
-    train = bible[:4000] + ci[:900] + _poems(shared_data, "lunyu.json")  # 0.68 MB
+    bible, ci = _bible_chinese(test_data), _poems(test_data, "ci.song.0.json")
+    train = bible[:4000] + ci[:900] + _poems(test_data, "lunyu.json")  # 0.68 MB
     path = tmp_path_factory.mktemp("corpus") / "zh.txt"
     path.write_text("\n".join(train) + "\n", encoding="utf-8")
     return path, bible[-1000:] + ci[900:]
 
 
 @pytest.fixture(scope="module")
-def expanded(corpus, shared_data, tmp_path_factory):
+def expanded(corpus, test_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok") / "expanded"
     report = expand_tokenizer(
-        shared_data / "tokenizers" / "llama", out, train_on=[corpus[0]], add=ADD
+        test_data / "tokenizers" / "llama", out, train_on=[corpus[0]], add=ADD
     )
     return out, report
 
 
 @pytest.fixture(scope="module")
-def llama(shared_data):
-    return shared_data / "tokenizers" / "llama" / "tokenizer.model"
+def llama(test_data):
+    return test_data / "tokenizers" / "llama" / "tokenizer.model"
 
 
 def test_report_counts_the_total_added(expanded):
@@ -83,14 +83,14 @@ def test_base_pieces_and_ids_unchanged(expanded, llama):
     assert len({p.score for p in added}) == ADD
 
 
-def test_english_encodes_exactly_as_before(expanded, llama, shared_data):
+def test_english_encodes_exactly_as_before(expanded, llama, test_data):
     old = spm.SentencePieceProcessor(model_file=str(llama))
     new = spm.SentencePieceProcessor(model_file=str(expanded[0] / "tokenizer.model"))
-    english = (shared_data / "text" / "en" / "botchan.txt").read_text(encoding="utf-8")
+    english = (test_data / "text" / "en" / "botchan.txt").read_text(encoding="utf-8")
     for paragraph in english.split("\n\n")[:400]:
         assert new.encode(paragraph) == old.encode(paragraph)
     # llama.cpp's golden cases, except the two that contain Chinese.
-    vocab = shared_data / "tokenizers" / "llama" / "ggml-vocab-llama-spm.gguf"
+    vocab = test_data / "tokenizers" / "llama" / "ggml-vocab-llama-spm.gguf"
     texts = vocab.with_suffix(".gguf.inp").read_text(encoding="utf-8")
     cases = texts.split("\n__ggml_vocab_test__\n")
     golden = vocab.with_suffix(".gguf.out").read_text(encoding="utf-8").splitlines()
@@ -162,10 +162,10 @@ def test_a_crossing_merge_is_repaired(llama):
     assert vocab.encode("深度学习") == ["深", "度学", "习"]
 
 
-def test_simulation_matches_sentencepiece_on_the_base(llama, shared_data):
+def test_simulation_matches_sentencepiece_on_the_base(llama, test_data):
     vocab = ReachableVocab(load_proto(llama))
     sp = isolating_processor(load_proto(llama))
-    words = (shared_data / "text" / "en" / "botchan.txt").read_text(encoding="utf-8").split()
+    words = (test_data / "text" / "en" / "botchan.txt").read_text(encoding="utf-8").split()
     for word in words[:3000]:
         text = "▁" + word
         assert vocab.encode(text) == sp.encode(text, out_type=str), word

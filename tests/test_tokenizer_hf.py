@@ -23,6 +23,8 @@ from chuan.tokenizer.hf import (
 )
 from chuan.tokenizer.spm import ModelProto, load_proto, write_tokenizer_dir
 
+pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
+
 MIXED_TEXTS = [
     "你好，世界！今天天气很好，我们去公园散步吧。",
     "The quick brown fox jumps over the lazy dog.",
@@ -67,8 +69,8 @@ BAICHUAN2_CONFIG = {  # the shape of a released Baichuan 2 tokenizer_config.json
 
 
 @pytest.fixture(scope="module")
-def llama_model(shared_data) -> Path:
-    return shared_data / "tokenizers" / "llama" / "tokenizer.model"
+def llama_model(test_data) -> Path:
+    return test_data / "tokenizers" / "llama" / "tokenizer.model"
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +108,9 @@ def llama_tok(request, dirs):
     return LOADERS[request.param](dirs)
 
 
-def test_llama_cpp_cases(llama_tok, shared_data):
+def test_llama_cpp_cases(llama_tok, test_data):
     """llama.cpp's llama-spm cases: ids without BOS, with SentencePiece's dummy prefix."""
-    base = shared_data / "tokenizers" / "llama" / "ggml-vocab-llama-spm.gguf"
+    base = test_data / "tokenizers" / "llama" / "ggml-vocab-llama-spm.gguf"
     texts = Path(f"{base}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     lines = Path(f"{base}.out").read_text(encoding="utf-8").split("\n")
     # Every case, the last included, ends with the separator / a newline.
@@ -119,9 +121,9 @@ def test_llama_cpp_cases(llama_tok, shared_data):
 
 
 @pytest.mark.parametrize("cls", [BaichuanTokenizer, BaichuanTokenizerFast])
-def test_llama_tokenizer_js_vectors_with_bos(cls, dirs, shared_data):
+def test_llama_tokenizer_js_vectors_with_bos(cls, dirs, test_data):
     vectors = json.loads(
-        (shared_data / "tokenizers" / "llama" / "llama_tokenizer_js_vectors.json").read_text()
+        (test_data / "tokenizers" / "llama" / "llama_tokenizer_js_vectors.json").read_text()
     )
     tok = cls.from_pretrained(dirs["chuan"], add_bos_token=True)
     assert len(vectors) == 12
@@ -157,11 +159,11 @@ def _variant(proto: ModelProto, **normalizer) -> ModelProto:
     return out
 
 
-def _trained_proto(shared_data) -> ModelProto:
+def _trained_proto(test_data) -> ModelProto:
     """A small Baichuan 2-style BPE model (no normalisation, no dummy prefix, byte fallback,
     split digits, whitespace pieces) with the role pieces as user-defined symbols."""
     lines = []
-    text = shared_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
+    text = test_data / "text" / "parallel" / "tatoeba_cmn_eng.txt"
     with open(text, encoding="utf-8-sig") as f:
         for _, line in zip(range(400), f, strict=False):
             lines += line.split("\t")[:2]
@@ -191,13 +193,13 @@ def _trained_proto(shared_data) -> ModelProto:
 
 
 @pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory, shared_data) -> Path:
-    return write_tokenizer_dir(tmp_path_factory.mktemp("chat") / "tok", _trained_proto(shared_data))
+def chat_dir(tmp_path_factory, test_data) -> Path:
+    return write_tokenizer_dir(tmp_path_factory.mktemp("chat") / "tok", _trained_proto(test_data))
 
 
-def _protos(shared_data, llama_model) -> dict[str, ModelProto]:
+def _protos(test_data, llama_model) -> dict[str, ModelProto]:
     llama = load_proto(llama_model)
-    nfkc = load_proto(shared_data / "tokenizers" / "chinese_llama" / "chinese_sp.model")
+    nfkc = load_proto(test_data / "tokenizers" / "chinese_llama" / "chinese_sp.model")
     return {
         "llama": llama,
         "no-dummy-prefix": _variant(llama, add_dummy_prefix=False),
@@ -225,11 +227,11 @@ def _assert_parity(directory: Path, tokenizers: list) -> None:
 
 
 def test_parity_with_sentencepiece_across_normalizer_settings(
-    tmp_path, shared_data, llama_model, chat_dir
+    tmp_path, test_data, llama_model, chat_dir
 ):
     """Slow, fast and sentencepiece agree for LLaMA's settings, each normaliser flag flipped,
     an NFKC character map, and a Baichuan 2-style model with user-defined symbols."""
-    for name, proto in _protos(shared_data, llama_model).items():
+    for name, proto in _protos(test_data, llama_model).items():
         directory = write_tokenizer_dir(tmp_path / name, proto)
         _assert_parity(directory, [load_tokenizer(directory, use_fast=f) for f in (True, False)])
     chat = [load_tokenizer(chat_dir, use_fast=f) for f in (True, False)]
@@ -335,20 +337,20 @@ def test_save_pretrained_round_trip(tmp_path, chat_dir, use_fast):
         assert reloaded.apply_chat_template(CONVERSATION) == tok.apply_chat_template(CONVERSATION)
 
 
-def test_load_errors(tmp_path, shared_data):
+def test_load_errors(tmp_path, test_data):
     with pytest.raises(FileNotFoundError, match="tokenizer.model"):
         load_tokenizer(tmp_path)
-    unigram = shared_data / "tokenizers" / "chinese_llama" / "chinese_sp.model"
+    unigram = test_data / "tokenizers" / "chinese_llama" / "chinese_sp.model"
     with pytest.raises(ValueError, match="UNIGRAM.*use_fast=False"):
         load_tokenizer(unigram)
     sp = spm.SentencePieceProcessor(model_file=str(unigram))
     assert load_tokenizer(unigram, use_fast=False).encode("你好，世界") == sp.encode("你好，世界")
 
 
-def test_tied_scores_warn_and_slow_stays_exact(shared_data, llama_model):
+def test_tied_scores_warn_and_slow_stays_exact(test_data, llama_model):
     """Chinese-LLaMA-2 appended 23,296 pieces all scoring 0; SentencePiece breaks the ties
     leftmost-first, which ranked merges cannot, so the fast tokenizer warns."""
-    expanded = shared_data / "tokenizers" / "chinese_llama" / "chinese_llama2_tokenizer.model"
+    expanded = test_data / "tokenizers" / "chinese_llama" / "chinese_llama2_tokenizer.model"
     text = "在 Debian 这种规模的项目中"  # SentencePiece: ▁这 | 种; rank order: ▁ | 这种
     with pytest.warns(UserWarning, match="share their score.*use_fast=False"):
         load_tokenizer(expanded)

@@ -22,13 +22,13 @@ BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @pytest.fixture
-def llama(shared_data):
-    return shared_data / "tokenizers" / "llama" / "tokenizer.model"
+def llama(test_data):
+    return test_data / "tokenizers" / "llama" / "tokenizer.model"
 
 
 @pytest.fixture
-def chinese_llama(shared_data):
-    return shared_data / "tokenizers" / "chinese_llama" / "chinese_llama2_tokenizer.model"
+def chinese_llama(test_data):
+    return test_data / "tokenizers" / "chinese_llama" / "chinese_llama2_tokenizer.model"
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def sentencepiece_counts(model, lines):
     return len(pieces), sum(bool(BYTE_PIECE.fullmatch(p)) for p in pieces)
 
 
-def test_real_text_against_sentencepiece(shared_data, llama, chinese_llama, tmp_path):
-    tsv = (shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8")
+def test_real_text_against_sentencepiece(test_data, llama, chinese_llama, tmp_path):
+    tsv = (test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv").read_text("utf-8")
     verses = [line.split("\t") for line in tsv.splitlines()[1:301]]
     texts = {}
     for lang, column in (("en", 1), ("zh", 2)):
@@ -108,9 +108,9 @@ def test_real_text_against_sentencepiece(shared_data, llama, chinese_llama, tmp_
     assert report.row("llama2", "zh").byte_fallback_rate > 0
 
 
-def test_language_detection_and_names(shared_data, llama, tmp_path):
-    debian_zh = shared_data / "text" / "zh_modern" / "debian-reference.zh-cn.txt"
-    debian_en = shared_data / "text" / "en" / "debian-reference.en.txt"
+def test_language_detection_and_names(test_data, llama, tmp_path):
+    debian_zh = test_data / "text" / "zh_modern" / "debian-reference.zh-cn.txt"
+    debian_en = test_data / "text" / "en" / "debian-reference.en.txt"
     assert detect_language(debian_zh.read_text("utf-8")) == "zh"  # 26% Han chars, 50% of letters
     assert detect_language(debian_en.read_text("utf-8")) == "en"
     assert detect_language("make install 目录") == "en"  # 2 of 13 letters are Han

@@ -1,7 +1,7 @@
 """A small real bilingual corpus, its tokenizer and packed rows, for the pretraining tests.
 
 Documents are runs of five consecutive Bible verses in English (KJV) or Chinese (CUV,
-simplified) from `../shared/data/text/parallel/`, so the model has real structure to learn.
+simplified) from `tests/data/text/parallel/`, so the model has real structure to learn.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from helpers.corpus import write_jsonl
 VERSES_PER_DOC = 5
 
 
-def bible_documents(shared_data: Path, verses: int) -> list[dict]:
-    path = shared_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
+def bible_documents(test_data: Path, verses: int) -> list[dict]:
+    path = test_data / "text" / "parallel" / "bible_kjv_cuvs_wenli.tsv"
     rows = path.read_text(encoding="utf-8").splitlines()[1 : verses + 1]
     english = [r.split("\t")[1] for r in rows]
     chinese = [r.split("\t")[2] for r in rows]
@@ -27,12 +27,12 @@ def bible_documents(shared_data: Path, verses: int) -> list[dict]:
     return docs
 
 
-def bible_corpus(root: Path, shared_data: Path, *, verses: int, max_length: int) -> dict[str, Path]:
+def bible_corpus(root: Path, test_data: Path, *, verses: int, max_length: int) -> dict[str, Path]:
     """A 3,000-piece tokenizer trained on the verses and the verses packed into rows."""
     from chuan.data.pack import pack_corpus
     from chuan.tokenizer.train import train_tokenizer
 
-    text = write_jsonl(root / "corpus.jsonl", bible_documents(shared_data, verses))
+    text = write_jsonl(root / "corpus.jsonl", bible_documents(test_data, verses))
     train_tokenizer(text, root / "tok", vocab_size=3000, progress=False)
     pack_corpus([text], root / "tok", root / "packed", max_length=max_length, progress=False)
     return {"tokenizer": root / "tok", "packed": root / "packed"}

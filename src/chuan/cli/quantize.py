@@ -6,25 +6,27 @@ import argparse
 
 
 def _quantize(args: argparse.Namespace) -> None:
-    from chuan.infer.quantize import REPORT_MD, quantize_dir, render_memory_table
+    from chuan.infer.quantize import REPORT_MD, quantize_dir, render_memory_table, write_report
 
     report = quantize_dir(
-        args.model,
-        args.out,
-        bits=args.bits,
-        group_size=args.group_size,
-        eval_text=args.eval_text,
-        eval_tokens=args.eval_tokens,
-        eval_window=args.eval_window,
-        device=args.device,
-        overwrite=args.overwrite,
+        args.model, args.out, bits=args.bits, group_size=args.group_size, overwrite=args.overwrite
     )
     print(render_memory_table(report.memory_table))
-    if report.perplexity:
-        p = report.perplexity
+    if args.eval_text:
+        from chuan.eval.perplexity import compare_perplexity
+
+        p = compare_perplexity(
+            {"before": args.model, "after": args.out},
+            args.eval_text,
+            max_tokens=args.eval_tokens,
+            max_length=args.eval_window,
+            device=args.device,
+        )
+        report.perplexity = p | {"relative_change": p["after"] / p["before"] - 1}
+        write_report(report, args.out)
         print(
             f"held-out perplexity on {p['tokens']:,} tokens: {p['before']:.4f} -> "
-            f"{p['after']:.4f} ({p['relative_change']:+.2%})"
+            f"{p['after']:.4f} ({report.perplexity['relative_change']:+.2%})"
         )
     print(
         f"wrote {args.out}: {report.scheme}, {report.quantized_linears} Linears, weights "
@@ -66,21 +68,23 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--eval-text",
         metavar="FILE",
         help="UTF-8 text (one document per line) to measure held-out perplexity on, before "
-        "and after (needs tokenizer files in MODEL)",
+        "and after, exactly as `chuan eval ppl --lines` scores it (needs tokenizer files in "
+        "MODEL)",
     )
     parser.add_argument(
         "--eval-tokens",
         type=int,
         metavar="N",
         default=8192,
-        help="tokens of --eval-text to evaluate (default 8192)",
+        help="evaluate the leading lines of --eval-text that fit in N scored tokens (default 8192)",
     )
     parser.add_argument(
         "--eval-window",
         type=int,
         metavar="N",
         default=512,
-        help="tokens per evaluation window, capped at the model's context (default 512)",
+        help="tokens per sliding window (--max-length of `chuan eval ppl`), capped at the "
+        "model's context (default 512)",
     )
     parser.add_argument(
         "--device",

@@ -1,21 +1,24 @@
 """`chuan data dedup`: exact and MinHash-LSH near-duplicate removal, clusters, sentence dedup.
 
 The stage runs in three passes, so the two per-document passes use every core and only the
-global decisions run in one process (datatrove's design, reference h.6):
+global decisions run in one process (the design of huggingface/datatrove's
+`src/datatrove/pipeline/dedup/minhash.py`):
 
 1. **Signatures** (process pool over input shards). For each valid record: the shingle form of
    its text (`chuan.data.minhash`), a 128-bit digest of that form (exact dedup), its MinHash
    signature, its `quality` field, the 64-bit keys of its sentences and an 80-character
    preview. One `OUT/work/signatures/<shard>.npz` per input shard, then a `.done.json` marker:
-   a re-run reuses every finished shard (pitfall 48).
+   a re-run reuses every finished shard (resume is per whole shard, as in datatrove:
+   huggingface/datatrove#316).
 2. **Decisions** (one process). Documents with equal digests form exact groups; the
    representatives of those groups are banded (LSH) and every shared band bucket joins them
    (union-find with path compression and union by size). A cluster is a connected component of
-   "exactly equal" and "share an LSH bucket" (one semantics, pitfall 49); no exact-Jaccard
-   check follows. The kept representative of a cluster is its member with the highest numeric
-   `quality`, the first in input order when no member has one or on ties. Then, over the kept
-   documents in input order, a sentence whose normalised form occurs more than
-   `sentence_max_repeats` times is dropped everywhere but at its first occurrence.
+   "exactly equal" and "share an LSH bucket" (one semantics: text-dedup's Spark and Python
+   paths disagree, ChenghaoMou/text-dedup#71, #88); no exact-Jaccard check follows. The kept
+   representative of a cluster is its member with the highest numeric `quality`, the first in
+   input order when no member has one or on ties. Then, over the kept documents in input
+   order, a sentence whose normalised form occurs more than `sentence_max_repeats` times is
+   dropped everywhere but at its first occurrence.
 3. **Filter** (process pool, `chuan.data.shards.run_shards`). Each shard is read again and
    written: kept records with every input field and `meta.cluster_id` (the 0-based input
    position, over all inputs, of the cluster's representative), `meta.cluster_size` and

@@ -1,17 +1,18 @@
 """MinHash signatures for Chinese and English documents, and the LSH band parameters.
 
-Shingles (reference h.8, pitfalls 43 and 45):
+Shingles (see docs/data.md, "Deduplication"):
 
 - every text is NFKC-normalised and lower-cased;
 - a document whose letters and digits are at least `CJK_SHARE` CJK (Han, kana, Hangul) is
   shingled by **characters**, with punctuation and whitespace removed first; any other document
   by **words** (runs of letters and digits, punctuation and whitespace are separators). Chinese is
-  never split on `\\W`, which would make a whole clause one token;
+  never split on `\\W`, which would make a whole clause one token (ChenghaoMou/text-dedup#103);
 - a shingle is `ngram` consecutive units (default 5 characters or 5 words); a text shorter than
   `ngram` units is one shingle, so short texts keep distinct signatures instead of all sharing an
-  empty one.
+  empty one (the fault fixed by OpenDCAI/DataFlow#526).
 
-Hashing is vectorised numpy, no Python loop per shingle (pitfall 50):
+Hashing is vectorised numpy, no Python loop per shingle (per-token Python hashing crawls,
+datajuicer/data-juicer#849):
 
 - a shingle is a span of the normalised text; its hash is a polynomial over the span's code
   points modulo 2^64, computed for all spans at once from one prefix sum, then scrambled with
@@ -21,7 +22,8 @@ Hashing is vectorised numpy, no Python loop per shingle (pitfall 50):
   by a prime and is about 6x faster in numpy than datasketch's `(a*x + b) mod (2^61 - 1)`;
 - minima are taken over blocks of at most `BLOCK_BYTES` of workspace, whole batches of documents
   per numpy call (`np.minimum.reduceat`), so a long document never materialises its full
-  shingles x permutations matrix and short documents pay no per-document numpy overhead.
+  shingles x permutations matrix (which runs out of memory: datajuicer/data-juicer#1034) and
+  short documents pay no per-document numpy overhead.
 
 LSH: `optimal_bands` picks bands x rows as datasketch does (minimise 0.5 * false-positive area +
 0.5 * false-negative area under the S-curve `P(s) = 1 - (1 - s^r)^b`, over b * r <= num_perm). The

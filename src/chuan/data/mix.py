@@ -1,4 +1,4 @@
-"""`chuan data mix`: sample a corpus to per-category token budgets (reference h.10).
+"""`chuan data mix`: sample a corpus to per-category token budgets (docs/data.md, "Mixing").
 
 Two passes over the inputs:
 

@@ -1,18 +1,24 @@
 """`chuan data pack`: tokenize documents and splice them into fixed-length rows, bins -> buckets.
 
-The Colossal-LLaMA-2 recipe (reference c.3-c.5) without its known faults:
+The Colossal-LLaMA-2 recipe (hpcaitech/ColossalAI `applications/Colossal-LLaMA-2/`:
+`prepare_pretrain_dataset.py`, `colossal_llama2/dataset/spliced_and_tokenized_dataset.py`)
+without its known faults:
 
 - No token is lost. Per (category, bin) the documents are concatenated and cut into rows of
   exactly `max_length`; a document that does not fit continues in the next row, and only the
   last row of each (category, bin) is padded. Colossal's packer drops the last partial pack of
-  every buffer, 3.6-8% of the tokens (pitfall 24).
+  every buffer, 3.6-8% of the tokens (`ClosedToConstantLengthSplicedDataset.__iter__`).
 - `bins` bins per category, always: cut at document boundaries to near-equal token counts, in
-  input order. Colossal's `ceil(100/N)`% slices give 25 bins for N=30 (pitfall 25). Bucket i
-  is bin i of every category, so training bucket by bucket sees every category each time.
+  input order. Colossal's `ceil(100/N)`% slices (`prepare_pretrain_dataset.py`) give 25 bins
+  for N=30. Bucket i is bin i of every category, so training bucket by bucket sees every
+  category each time.
 - Colossal records `{source, target}` tokenize source and target separately and concatenate
-  the ids, so the loss mask cannot slip at a merge across the boundary (pitfall 26).
+  the ids, so the loss mask cannot slip at a merge across the boundary (Colossal's
+  `spliced_and_tokenized_dataset.py` encodes source and source+target apart, so its can).
 - Padding is marked by segment id 0 and loss targets by `loss_mask`, never by comparing ids
-  with the pad id, so a genuine `</s>` or `<unk>` keeps its loss (pitfalls 20, 27).
+  with the pad id, so a genuine `</s>` or `<unk>` keeps its loss (Colossal's collator in
+  `colossal_llama2/dataset/loader.py` masks `input_ids != pad`, and its pad may be `</s>`;
+  baichuan-inc/Baichuan2 `fine-tune/fine-tune.py` pads and masks with id 0, `<unk>`).
 - Row shuffles are seeded, one numpy Generator per bucket.
 
 Every row carries segment ids (1, 2, ... per document piece, 0 = padding) that the model

@@ -1,15 +1,17 @@
 """Quality scores: a hashed n-gram linear classifier and a language-model perplexity scorer.
 
-Baichuan scores documents rather than only dropping them (reference h.1): a score becomes a
-sampling weight in `chuan data mix`. Two offline scorers live here (reference h.9):
+Baichuan scores documents rather than only dropping them (Baichuan 2 technical report,
+arXiv:2309.10305, §2.1): a score becomes a sampling weight in `chuan data mix`. Two offline
+scorers live here:
 
 - **Quality model** (`train_quality_model`, `score_corpus`): logistic regression with L2 on
   hashed features, trained on curated "good" text against "bad" text. Features are character
   1-3-grams (enough for Chinese, where a character is nearly a word) plus word 1-2-grams of the
-  non-CJK words (English; a Chinese clause is never one "word", pitfall 43), hashed into 2^20
-  buckets by a stable 64-bit polynomial hash computed with numpy (Python's `hash` is salted per
-  process, so it cannot be used), counted, log-scaled and L2-normalised per document. The model
-  dir holds `weights.safetensors` and `config.json` (feature spec, buckets, version): no pickle.
+  non-CJK words (English; a Chinese clause is never one "word", as `\\W` splitting would make
+  it), hashed into 2^20 buckets by a stable 64-bit polynomial hash computed with numpy (Python's
+  `hash` is salted per process, so it cannot be used), counted, log-scaled and L2-normalised per
+  document. The model dir holds `weights.safetensors` and `config.json` (feature spec, buckets,
+  version): no pickle.
 - **Perplexity** (`score_perplexity`, the CCNet approach): the per-document mean token loss of
   any chuan (or transformers causal LM) model dir, batched with right padding. Long documents
   are cut into windows of `max_length` tokens that share one token, so every token but the
@@ -661,8 +663,8 @@ def score_perplexity(
     `model_dir` is any chuan model dir with its tokenizer (or a transformers causal LM dir
     with a `tokenizer.model`). Memory per batch is `batch_size * max_length * vocab * 4`
     bytes of logits. The report's mean and histogram are of log10(perplexity); perplexity
-    thresholds belong to one model and one language (pitfall 52). Scoring is deterministic;
-    `seed` is recorded only.
+    thresholds belong to one model and one language (datajuicer/data-juicer#127). Scoring is
+    deterministic; `seed` is recorded only.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")

@@ -7,9 +7,12 @@ Two kinds of rule, both pure functions:
 - a *line rule* `rule(line: str, cfg) -> bool` returns True to remove a (stripped, non-empty) line.
 
 `cfg` is `EnglishRules` or `ChineseRules`. Every threshold is a field named `min_*` / `max_*` so its
-direction is never in doubt (reference pitfall 52). Defaults come from the published rule sets
-(reference h.2-h.5): Gopher quality and repetition (Rae et al. 2021), C4 (Raffel et al. 2020),
-RefinedWeb/FineWeb, and for Chinese the "chuan zh starting set" (ChineseWebText, MAP-Neo, ROOTS).
+direction is never in doubt (data-juicer's ratio filters leave it unclear:
+datajuicer/data-juicer#307). Defaults come from the published rule sets: Gopher quality and
+repetition (Rae et al. 2021), C4 (Raffel et al. 2020), RefinedWeb (Penedo et al. 2023) and
+FineWeb, as implemented in huggingface/datatrove `src/datatrove/pipeline/filters/`, and for
+Chinese chuan's own starting set drawn from CASIA-LM/ChineseWebText, MAP-Neo's Matrix pipeline
+and BigScience ROOTS.
 
 The rule tables at the bottom (`EN_DOC_RULES`, ...) fix the order in which a stage runs them; a
 document's reject carries the first rule that fired.
@@ -199,7 +202,7 @@ class GenericRules:
 
 @dataclass
 class EnglishRules:
-    """English thresholds: Gopher quality + repetition (h.2), C4 (h.3), RefinedWeb/FineWeb (h.4)."""
+    """English thresholds: Gopher quality + repetition, C4, RefinedWeb/FineWeb."""
 
     # Gopher quality
     min_words: int = 50
@@ -263,7 +266,7 @@ class EnglishRules:
 
 @dataclass
 class ChineseRules:
-    """Chinese thresholds: the "chuan zh starting set" (reference h.5)."""
+    """Chinese thresholds: chuan's starting set from ChineseWebText, MAP-Neo and ROOTS."""
 
     min_chars: int = 200
     min_mean_line_chars: float = 10.0

@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation (MMLU / CMMLU / C-Eval) by first-token logits (reference g.3, g.4).
+"""Multiple-choice evaluation (MMLU / CMMLU / C-Eval) by first-token logits (docs/eval.md).
 
 For each question the preset's prompt is built (`chuan.eval.prompts`), and the model scores
 the four letters by the logits of the **next token**: a raw forward pass (no repetition

@@ -1,4 +1,4 @@
-"""Read MMLU / CMMLU / C-Eval question files in every published layout (reference g.1).
+"""Read MMLU / CMMLU / C-Eval question files in every published layout (docs/eval.md, "Data").
 
 A benchmark root holds one folder per split (`dev`, `val`, `test`), each with one CSV file per
 subject, named `{subject}_{split}.csv` (MMLU, C-Eval) or `{subject}.csv` (CMMLU). The layout

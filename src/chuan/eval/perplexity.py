@@ -9,14 +9,8 @@ what lm-evaluation-harness prefixes when a model has no BOS). `c` is context onl
 token and the final EOS are scored, so the loss covers all UTF-8 bytes of the text and bits per
 byte compare across tokenizers: `bpb = total nats / (ln 2 * bytes)`.
 
-Long documents use the sliding window of Hugging Face's "perplexity of fixed-length models":
-windows of `max_length` input tokens start every `stride` tokens, and each target is scored in
-the first window that predicts it, so every token is scored exactly once; a target in a later
-window sees at least `max_length - stride` earlier tokens besides its own input. With
-`stride == max_length` the document is scored as independent chunks (lm-evaluation-harness's
-rolling loglikelihood); a smaller stride gives more context at `max_length / stride` times the
-compute. Unlike HF's recipe, a window's targets include the token after its last input, so no
-token at a window boundary goes unscored.
+Long documents are scored in sliding windows of `max_length` tokens every `stride` tokens, each
+token exactly once (`chuan.model.nll`, the scorer every chuan perplexity uses).
 """
 
 from __future__ import annotations
@@ -24,17 +18,12 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
 from chuan.data.io import RecordError, corpus_files, format_of, iter_records, open_text, to_document
-
-IGNORE = -100
+from chuan.model.nll import sequence_nats
 
 
 @dataclass
@@ -96,33 +85,6 @@ class PerplexityReport:
         }
 
 
-@dataclass(frozen=True)
-class Window:
-    """Inputs `x[begin:end]` of a document (`x` = its tokens but the last) predict
-    `y[begin:end]` (`y` = its tokens but the first); targets before `first` belong to an
-    earlier window and are context only."""
-
-    begin: int
-    end: int
-    first: int
-
-
-def sliding_windows(targets: int, max_length: int, stride: int) -> list[Window]:
-    """The windows that score `targets` next-token targets, each exactly once."""
-    if max_length < 1 or not 1 <= stride <= max_length:
-        raise ValueError(
-            f"need 1 <= stride <= max_length, got stride {stride}, max_length {max_length}"
-        )
-    windows: list[Window] = []
-    begin = scored = 0
-    while scored < targets:
-        end = min(begin + max_length, targets)
-        windows.append(Window(begin, end, scored))
-        scored = end
-        begin += stride
-    return windows
-
-
 def context_token_id(tokenizer) -> tuple[int, str]:
     """BOS when the tokenizer adds BOS itself, else EOS (see the module doc)."""
     if tokenizer.eos_token_id is None:
@@ -138,37 +100,6 @@ def model_context(model) -> int:
     config = model.config
     length = getattr(config, "model_max_length", None) or config.max_position_embeddings
     return int(length)
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _window_nats(model, sequences: Sequence[list[int]], windows: Sequence[Window]) -> list[float]:
-    """Summed next-token loss of each window, in one right-padded forward pass.
-
-    Right padding needs no attention mask: causal attention keeps real tokens from seeing the
-    padding after them, and their positions are unchanged.
-    """
-    width = max(w.end - w.begin for w in windows)
-    inputs = torch.zeros((len(windows), width), dtype=torch.long)
-    targets = torch.full((len(windows), width), IGNORE, dtype=torch.long)
-    for row, (seq, w) in enumerate(zip(sequences, windows, strict=True)):
-        window = torch.tensor(seq[w.begin : w.end + 1])
-        inputs[row, : w.end - w.begin] = window[:-1]
-        targets[row, w.first - w.begin : w.end - w.begin] = window[1 + w.first - w.begin :]
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(input_ids=inputs.to(device)).logits
-    targets = targets.to(device)
-    # One row at a time: the fp32 log-softmax of a whole batch would double the logits' memory.
-    return [
-        F.cross_entropy(logits[row].float(), targets[row], ignore_index=IGNORE, reduction="sum")
-        .double()
-        .item()
-        for row in range(len(windows))
-    ]
 
 
 def evaluate_perplexity(
@@ -207,19 +138,16 @@ def evaluate_perplexity(
             sequences.append([prefix, *ids, tokenizer.eos_token_id])
             owners.append(stats)
             stats.add(PerplexityStats(1, len(ids) + 1, len(text.encode("utf-8"))))
-    jobs = [
-        (doc, window)
-        for doc, seq in enumerate(sequences)
-        for window in sliding_windows(len(seq) - 1, max_length, stride)
-    ]
-    jobs.sort(key=lambda job: job[1].end - job[1].begin)  # similar lengths: less padding
-    bar = tqdm(total=len(jobs), desc="perplexity", unit="window", disable=not progress)
-    for batch in _batches(jobs, batch_size):
-        nats = _window_nats(model, [sequences[doc] for doc, _ in batch], [w for _, w in batch])
-        for (doc, _), value in zip(batch, nats, strict=True):
-            owners[doc].nats += value
-        bar.update(len(batch))
-    bar.close()
+    nats = sequence_nats(
+        model,
+        sequences,
+        max_length=max_length,
+        stride=stride,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    for stats, value in zip(owners, nats, strict=True):
+        stats.nats += value
     for stats in report.files.values():
         report.overall.add(stats)
     return report
@@ -302,3 +230,59 @@ def format_table(report: PerplexityReport, rejected: Mapping[str, int] | None = 
             f"{_cell(stats.bits_per_byte, 4)} |"
         )
     return "\n".join(rows)
+
+
+def first_documents(texts: Sequence[str], tokenizer, max_tokens: int) -> list[str]:
+    """The leading documents of `texts` whose scored tokens (text + EOS) fit in `max_tokens`;
+    at least one."""
+    chosen: list[str] = []
+    total = 0
+    for text in texts:
+        total += len(tokenizer.encode(text, add_special_tokens=False)) + 1
+        if chosen and total > max_tokens:
+            break
+        chosen.append(text)
+    return chosen
+
+
+def compare_perplexity(
+    model_dirs: Mapping[str, str | os.PathLike],
+    text_file: str | os.PathLike,
+    *,
+    max_tokens: int,
+    max_length: int,
+    tokenizer_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> dict:
+    """Perplexity of several model dirs (e.g. before and after quantization) on the same
+    documents: the non-empty lines of `text_file`, as many as fit in `max_tokens`, scored as
+    `chuan eval ppl --lines --max-length max_length` scores them. One model is in memory at a
+    time. Returns `{label: perplexity, ..., text, documents, tokens, window, dtype}`."""
+    from chuan.infer.loading import load_model, load_tokenizer
+
+    source = tokenizer_dir or next(iter(model_dirs.values()))
+    tokenizer = load_tokenizer(source)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{source} has no tokenizer files, which perplexity needs")
+    by_file, rejects = read_text_files([text_file], lines=True)
+    if rejects:
+        raise ValueError(f"{rejects[0]} (fix or remove that line)")
+    texts = first_documents(next(iter(by_file.values())), tokenizer, max_tokens)
+    if not texts:
+        raise ValueError(f"{text_file}: no non-empty line to evaluate on")
+    result: dict = {"text": str(text_file)}
+    for label, model_dir in model_dirs.items():
+        model = load_model(model_dir, device=device)
+        window = min(max_length, model_context(model))
+        report = evaluate_perplexity(
+            model, tokenizer, {str(text_file): texts}, max_length=window, progress=False
+        )
+        result[label] = report.overall.perplexity
+        result |= {
+            "documents": report.overall.documents,
+            "tokens": report.overall.tokens,
+            "window": window,
+            "dtype": str(model.dtype).removeprefix("torch."),
+        }
+        del model
+    return result

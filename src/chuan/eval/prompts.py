@@ -1,4 +1,4 @@
-"""The named few-shot prompt presets of `chuan eval mcq` (reference g.2), reproduced exactly.
+"""The named few-shot prompt presets of `chuan eval mcq`, each reproducing the script named below.
 
 Protocol choice moves scores by points (Baichuan2-7B-Base: MMLU 54.16 with the Hendrycks prompt,
 46.97 with ColossalEval's), so every result records its preset. A preset says, per benchmark:

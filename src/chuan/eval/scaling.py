@@ -1,8 +1,8 @@
 """`chuan scaling fit`: the compute-optimal frontier of a sweep and `L(C) = a * C^b + L_inf` on it.
 
 Baichuan 2 fitted this form (Henighan et al. 2020) with `scipy.optimize.curve_fit` to the final
-losses of seven small models and predicted its 7B and 13B models' losses (reference d.2). chuan's
-procedure (reference d.2, decision):
+losses of seven small models and predicted its 7B and 13B models' losses (Baichuan 2 technical
+report, arXiv:2309.10305, §2.7). chuan's own procedure:
 
 - C = 6 N D (`flops` of `runs.csv`); the loss is the final held-out loss of each run.
 - Frontier: runs are grouped by compute budget (runs of one `compute` grid value form a group;

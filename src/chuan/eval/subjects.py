@@ -1,6 +1,6 @@
 """Subjects of MMLU, CMMLU and C-Eval: their names, categories and the C-Eval Hard list.
 
-Facts, not code, from the benchmarks' own repositories (reference g.1, g.4):
+Facts, not code, from the benchmarks' own repositories:
 
 - MMLU (`hendrycks/test:categories.py`): 57 subjects, each in one of 17 subcategories, which
   group into 4 categories. Headline: the micro mean over all questions.

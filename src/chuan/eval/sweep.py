@@ -1,11 +1,12 @@
 """`chuan scaling sweep`: train a grid of model sizes x budgets with one recipe, for a scaling fit.
 
 Baichuan 2 fitted its scaling law on seven models trained "with identical hyper-parameters and
-data" (reference d.2). A sweep is that: one base `chuan pretrain` recipe, and a grid of model
-shapes (`ffn = 3 * hidden` by default, as Baichuan 2's scaling models) times token budgets. Every
-run is one `chuan.train.loop.pretrain` call whose schedule spans exactly its budget, with the same
-seed, so every run initialises from the same seed and reads the same rows in the same order (a
-run of D tokens sees a prefix of what a longer run sees).
+data" (Baichuan 2 technical report, arXiv:2309.10305, §2.7). A sweep is that: one base
+`chuan pretrain` recipe, and a grid of model shapes (`ffn = 3 * hidden` by default, as in
+Baichuan 2's scaling models) times token budgets. Every run is one `chuan.train.loop.pretrain`
+call whose schedule spans exactly its budget, with the same seed, so every run initialises from
+the same seed and reads the same rows in the same order (a run of D tokens sees a prefix of what
+a longer run sees).
 
 Runs live under `OUT/runs/NAME/` (ordinary pretraining run dirs). A finished run leaves
 `sweep_run.json` beside its report and is skipped when the sweep is run again; an interrupted

@@ -1,11 +1,13 @@
 """Chat with a Baichuan 2-format model: the prompt as Baichuan builds it, and the reply.
 
-`build_chat_input` follows Baichuan 2's `generation_utils.build_chat_input` (reference b.3),
-the one `model.chat` uses, not the legacy `_build_chat_input` (pitfall 21):
+`build_chat_input` follows Baichuan 2's `generation_utils.build_chat_input` (Hugging Face repos
+`baichuan-inc/Baichuan2-{7B,13B}-Chat`), the one `model.chat` uses, not the legacy
+`_build_chat_input` of `modeling_baichuan.py`, which differs in EOS and token budget:
 
 - an optional system message (first only) is plain text with no marker;
 - every other message is its role id (user 195, assistant 196, inserted as ids, never as
-  text: pitfall 18) followed by its content, with no EOS after past answers;
+  text, which tokenizes differently: hiyouga/LLaMA-Factory#177) followed by its content, with
+  no EOS after past answers;
 - rounds (a user message and what follows it) are kept newest first while they fit in
   `model_max_length - max_new_tokens - len(system)`; the newest round is always kept;
 - the assistant id is appended unless the last message is the assistant's, and the result
@@ -45,7 +47,7 @@ def _check_messages(messages: Sequence[dict]) -> None:
 
 def _check_role_ids(tokenizer, role_ids: Sequence[int]) -> None:
     """Refuse a tokenizer whose role ids are not reserved pieces (e.g. a LLaMA vocabulary,
-    where 195 is a byte): the prompt would silently be garbage (pitfall 18)."""
+    where 195 is a byte): the prompt would silently be garbage."""
     for token_id in role_ids:
         piece = tokenizer.convert_ids_to_tokens(token_id)
         if not (isinstance(piece, str) and piece.startswith("<reserved_")):

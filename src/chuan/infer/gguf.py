@@ -6,7 +6,7 @@ llama.cpp's tensor names (`gguf.TensorNameMap`). llama.cpp's `llama` architectur
 *adjacent* pairs `(x0, x1), (x2, x3), ...` of each head (Meta's layout), while chuan and HF
 rotate the two halves `x[i], x[i + d/2]`; so the rows of q and k are permuted per head exactly
 as llama.cpp's own `convert_hf_to_gguf.py` does for HF LLaMA checkpoints: half-split row `i`
-becomes row `2i` and row `d/2 + i` becomes row `2i + 1` (reference a.10). v, o and the MLP are
+becomes row `2i` and row `d/2 + i` becomes row `2i + 1`. v, o and the MLP are
 copied as they are.
 
 The SentencePiece tokenizer is embedded as `tokenizer.ggml.model = "llama"` with every

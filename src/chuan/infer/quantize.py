@@ -1,9 +1,10 @@
 """Weight-only int8 / int4 quantization of the five Linears per layer that Baichuan quantizes.
 
-Targets are `W_pack`, `o_proj`, `gate_proj`, `up_proj` and `down_proj` (reference (f)); the
-embeddings, the norms and the output head stay in floating point. A NormHead is folded into a
-plain head (rows normalised once, in fp32) because its forward is `linear(h, normalize(W))`
-either way and a NormHead would keep a second normalised copy in memory.
+Targets are `W_pack`, `o_proj`, `gate_proj`, `up_proj` and `down_proj`, as in the `quantizer.py`
+of the Hugging Face repos `baichuan-inc/Baichuan2-{7B,13B}-Chat`; the embeddings, the norms and
+the output head stay in floating point. A NormHead is folded into a plain head (rows normalised
+once, in fp32) because its forward is `linear(h, normalize(W))` either way and a NormHead would
+keep a second normalised copy in memory.
 
 Schemes (activations are never quantized):
 
@@ -534,42 +535,6 @@ def render_memory_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# ---- perplexity ---------------------------------------------------------------------------
-
-
-def read_eval_tokens(text_file: str | Path, tokenizer, eos_id: int | None, limit: int) -> list[int]:
-    """Token ids of the first `limit` tokens of a UTF-8 text file, each non-empty line a
-    document ended by EOS (as the model saw documents in pretraining)."""
-    ids: list[int] = []
-    with open(text_file, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{text_file}:{number}: not valid UTF-8 ({err.reason})") from None
-            if line.strip():
-                ids += tokenizer.encode(line, add_special_tokens=False)
-                ids += [] if eos_id is None else [eos_id]
-            if len(ids) >= limit:
-                break
-    if len(ids) < 2:
-        raise ValueError(f"{text_file}: fewer than 2 tokens of text to evaluate on")
-    return ids[:limit]
-
-
-@torch.inference_mode()
-def perplexity(model: BaichuanForCausalLM, ids: list[int], window: int) -> float:
-    """exp(mean next-token NLL) over consecutive non-overlapping windows of `ids`."""
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        chunk = torch.tensor([ids[start : start + window]], device=device)
-        if chunk.shape[1] > 1:
-            nll += float(model(input_ids=chunk, labels=chunk, loss_reduction="sum").loss)
-            count += chunk.shape[1] - 1
-    return math.exp(nll / count)
-
-
 # ---- the command --------------------------------------------------------------------------
 
 
@@ -603,16 +568,12 @@ def quantize_dir(
     *,
     bits: int,
     group_size: int | None = None,
-    eval_text: str | Path | None = None,
-    eval_tokens: int = 8192,
-    eval_window: int = 512,
-    device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> QuantizeReport:
     """Quantize the model dir `src` into the model dir `out` (atomically), then write
-    `report.json` / `report.md` into `out`; with `eval_text`, held-out perplexity of both
-    models (each loaded as `chuan.infer.loading.load_model` loads it) goes into the report."""
+    `report.json` / `report.md` into `out`. The perplexity before and after is measured above
+    this room (`chuan.eval.perplexity.compare_perplexity`); `write_report` adds it."""
     started = time.perf_counter()
     if bits == 4 and group_size is None:
         group_size = DEFAULT_GROUP_SIZE
@@ -639,45 +600,9 @@ def quantize_dir(
         weight_error=errors,
         memory_table=memory_table(config, spec.group_size or DEFAULT_GROUP_SIZE),
     )
-    if eval_text is not None:
-        report.perplexity = compare_perplexity(
-            src, out, eval_text, tokens=eval_tokens, window=eval_window, device=device
-        )
     report.seconds = time.perf_counter() - started
     write_report(report, out)
     return report
-
-
-def compare_perplexity(
-    src: str | Path,
-    quantized: str | Path,
-    text_file: str | Path,
-    *,
-    tokens: int,
-    window: int,
-    device: str | None = None,
-) -> dict:
-    """Held-out perplexity of `src` and of `quantized` on the same tokens, one model in
-    memory at a time."""
-    from chuan.infer.loading import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(src)
-    if tokenizer is None:
-        raise FileNotFoundError(f"{src} has no tokenizer files: --eval-text needs them")
-    result = {"text": str(text_file)}
-    for label, model_dir in (("before", src), ("after", quantized)):
-        model = load_model(model_dir, device=device)
-        ids = read_eval_tokens(text_file, tokenizer, model.config.eos_token_id, tokens)
-        span = min(window, model.config.max_position_embeddings)
-        result[label] = perplexity(model, ids, span)
-        result |= {
-            "tokens": len(ids),
-            "window": span,
-            "dtype": str(model.dtype).removeprefix("torch."),
-        }
-        del model
-    result["relative_change"] = result["after"] / result["before"] - 1
-    return result
 
 
 def render_report(report: QuantizeReport) -> str:
@@ -703,8 +628,8 @@ def render_report(report: QuantizeReport) -> str:
         p = report.perplexity
         lines += [
             "",
-            f"## Held-out perplexity ({p['tokens']:,} tokens of {p['text']}, windows of "
-            f"{p['window']}, {p['dtype']})",
+            f"## Held-out perplexity ({p['documents']:,} documents, {p['tokens']:,} tokens of "
+            f"{p['text']}, windows of {p['window']}, {p['dtype']}; as `chuan eval ppl --lines`)",
             "",
             "| model | perplexity |",
             "|---|---:|",

@@ -11,8 +11,9 @@ The processors follow transformers' definitions, so settings carry over from a m
   `do_sample=False`.
 
 Logits are processed in fp32: a half-precision softmax over a 125,696-token vocabulary
-overflows into "probability tensor contains inf/nan" errors (reference pitfall 4). One known
-difference: top-k keeps exactly k tokens where transformers also keeps ties with the k-th.
+overflows into "probability tensor contains inf/nan" errors (baichuan-inc/Baichuan2#292,
+#315). One known difference: top-k keeps exactly k tokens where transformers also keeps ties
+with the k-th.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Baichuan 2 chat models' generation_config.json (reference b.4), used for every field a
-# model dir's own file does not set.
+# Baichuan 2 chat models' generation_config.json (Hugging Face repos
+# `baichuan-inc/Baichuan2-{7B,13B}-Chat`), used for every field a model dir's own file does
+# not set.
 BAICHUAN2_CHAT_DEFAULTS = {
     "max_new_tokens": 2048,
     "temperature": 0.3,
@@ -105,7 +107,7 @@ def generation_defaults(model_dir: str | Path | None) -> SamplingConfig:
     stop at id 2) for what it leaves out, or for everything when there is no such file.
 
     Sampling is on by default, so outputs differ run to run unless a seed is set; the
-    settings are logged because this surprises users (reference pitfall 19).
+    settings are logged because this surprises users (baichuan-inc/Baichuan2#396).
     """
     path = Path(model_dir) / "generation_config.json" if model_dir else None
     if path is None or not path.is_file():

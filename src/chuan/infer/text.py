@@ -2,7 +2,7 @@
 
 Decoding tokens one at a time garbles Chinese: a character outside the vocabulary arrives as
 two to four byte-fallback pieces (`<0xE4><0xBD><0xA0>`), and any prefix of them decodes to
-U+FFFD (reference pitfall 38). SentencePiece decoding is also context dependent (a leading
+U+FFFD (Lightning-AI/litgpt#1422). SentencePiece decoding is also context dependent (a leading
 `▁` is dropped at the start of a text). `TextStream` therefore decodes a short window of
 recent tokens, emits only the new part once it no longer ends in an incomplete character,
 and slides the window on, so the emitted pieces add up to `tokenizer.decode` of all ids.

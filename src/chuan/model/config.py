@@ -26,7 +26,7 @@ class BaichuanConfig(PreTrainedConfig):
     """Configuration of a Baichuan / Baichuan 2 decoder (defaults: Baichuan2-7B)."""
 
     model_type = "baichuan"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = BAICHUAN2_VOCAB_SIZE
     hidden_size: int = 4096

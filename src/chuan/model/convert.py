@@ -2,8 +2,10 @@
 
 RoPE Baichuan models are LLaMA with a fused QKV and (Baichuan 2) a normalised head, so the
 export splits `W_pack` into q/k/v (no permutation: both use half-split RoPE) and folds NormHead
-into `lm_head` by normalising its rows in fp32 (reference a.10). The import concatenates q/k/v
-and keeps a plain head: enabling NormHead on a LLaMA head would change the function.
+into `lm_head` by normalising its rows in fp32, as hiyouga/LLaMA-Factory's
+`scripts/convert_ckpt/llamafy_baichuan2.py` does (fp16 `normalize` fails on the CPU,
+vllm-project/vllm#1022). The import concatenates q/k/v and keeps a plain head: enabling
+NormHead on a LLaMA head would change the function.
 """
 
 from __future__ import annotations

@@ -25,6 +25,20 @@ from chuan.model.config import BaichuanConfig
 from chuan.model.loss import chunked_lm_loss
 from chuan.model.positions import AttentionSpec, apply_rope, build_attention_spec
 
+# transformers renamed the decoding cache from `past_key_values` to `cache` (5.25 passes
+# `cache=` from `generate` and reads `outputs["cache"]`; earlier 5.x use the old name). chuan's
+# forwards take both keywords and name the output field as the installed version does, so
+# `generate`, PEFT and lm-eval keep the cache on every supported version, without warnings.
+CACHE_FIELD = (
+    "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the decoding cache as `cache` or `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -143,7 +157,7 @@ class BaichuanPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     # Baichuan-7B (v1) checkpoints carry a RoPE buffer that chuan recomputes.
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
@@ -194,22 +208,26 @@ class BaichuanModel(BaichuanPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """`attention_mask` is 2-D segment ids (0 = padding; see `chuan.model.positions`)
-        covering the cached and the new tokens."""
+        covering the cached and the new tokens. The cache comes as `cache` or, as before
+        transformers 5.25, `past_key_values`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        cache = past_key_values if use_cache else None
+        cache = _one_cache(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
         if attention_mask is not None and attention_mask.ndim != 2:
             raise ValueError(
                 "attention_mask must be 2-D [batch, past + new tokens] (0 = padding, or one id "
@@ -235,7 +253,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
                 x = self._gradient_checkpointing_func(layer, x, spec, cache)
             else:
                 x = layer(x, spec, cache)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), past_key_values=cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(x), **{CACHE_FIELD: cache})
 
 
 @dataclass
@@ -312,12 +330,13 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         loss_reduction: str = "mean",
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaichuanCausalLMOutput:
         """With `labels` (shifted inside, -100 = no label) the loss is computed in chunks and
@@ -329,11 +348,12 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
         hidden = outputs.last_hidden_state
+        cache = getattr(outputs, CACHE_FIELD)
         if labels is not None:
             lm = chunked_lm_loss(
                 hidden[:, :-1],
@@ -345,7 +365,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             )
             return BaichuanCausalLMOutput(
                 loss=lm.loss,
-                past_key_values=outputs.past_key_values,
+                **{CACHE_FIELD: cache},
                 ce_loss=lm.ce,
                 z_loss=lm.z_loss,
                 max_logit=lm.max_logit,
@@ -353,4 +373,4 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = F.linear(hidden, self.head_weight()).float()
-        return BaichuanCausalLMOutput(logits=logits, past_key_values=outputs.past_key_values)
+        return BaichuanCausalLMOutput(logits=logits, **{CACHE_FIELD: cache})

@@ -1,8 +1,10 @@
 """Where each token is and what it may attend to: RoPE, ALiBi and the packed-sequence mask.
 
 All tables and biases are computed in fp32 from integer positions on every call (a few
-thousand multiplications), so they never live in a bf16 buffer or on the meta device
-(TR §2.5: bf16 `arange` collides above 256; ALiBi in bf16 loses up to ±8 logits).
+thousand multiplications), so they never live in a bf16 buffer or on the meta device. A bf16
+`arange` collides above 256 (Baichuan 2 technical report, arXiv:2309.10305, §2.6); the
+absolute ALiBi bias `slope * j` of Baichuan's 13B `modeling_baichuan.py` (see
+baichuan-inc/Baichuan2#295) reaches ~3440 at 4k, where bf16 steps by 16: ±8 logits of error.
 
 A 2-D `attention_mask` is read as *segment ids*: 0 is padding, and tokens attend only to
 earlier tokens with the same id. A 0/1 padding mask is the one-segment case, and a packed row

@@ -1,6 +1,7 @@
 """Named model shapes: the four released Baichuan models and small ones for tests and CPUs.
 
-Released shapes follow the reports and the published `config.json` files (reference a.2);
+Released shapes follow the reports and the `config.json` files of the Hugging Face repos
+`baichuan-inc/Baichuan-7B`, `Baichuan-13B-Base`, `Baichuan2-7B-Base` and `Baichuan2-13B-Base`;
 `tiny` / `tiny-alibi` are ours, sized to train in minutes on two CPU cores.
 """
 

@@ -1,4 +1,4 @@
-"""Train a SentencePiece BPE tokenizer with the Baichuan 2 settings (reference.md b.1).
+"""Train a SentencePiece BPE tokenizer with the Baichuan 2 settings (technical report, §2.3).
 
 Baichuan 2 published its trainer settings but not its command or its special-piece layout, so
 chuan fixes one layout (a *decision*) that keeps the ids the released models rely on:
@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from collections import Counter
@@ -65,7 +66,8 @@ ASSISTANT_TOKEN_ID = 196  # <reserved_107>
 MIN_LEARNED_PIECES = 256
 MIN_VOCAB_SIZE = FIRST_LEARNED_ID + MIN_LEARNED_PIECES
 
-# reference.md b.1, passed to SentencePieceTrainer.train as-is.
+# Baichuan 2's tokenizer settings (technical report, arXiv:2309.10305, §2.3) as SentencePiece
+# options, passed to SentencePieceTrainer.train as-is.
 BAICHUAN2_SETTINGS = {
     "model_type": "bpe",
     "normalization_rule_name": "identity",
@@ -225,6 +227,7 @@ def train_tokenizer(
     text_field: str = "text",
     num_threads: int | None = None,
     max_sentence_length: int = 16384,
+    character_coverage: float = BAICHUAN2_SETTINGS["character_coverage"],
     overwrite: bool = False,
     verbose: bool = False,
     progress: bool = True,
@@ -235,14 +238,17 @@ def train_tokenizer(
         records with a string `text_field`, or `.txt` with one document per line; gz/zst ok).
     out: the tokenizer dir to write (`tokenizer.model`, HF files, `train_report.json`).
     vocab_size: total pieces, at least `MIN_VOCAB_SIZE` (256 meta + 256 bytes + 256 learned);
-        the sample's characters (coverage 0.9999) must fit too, else SentencePiece refuses.
-        Baichuan 2 used 125,696.
+        the sample's characters (at `character_coverage`) must fit too, else the error names
+        the smallest size that does. Baichuan 2 used 125,696.
     sample_sentences: how many lines to train on, drawn from the whole corpus.
     seed: the sampling seed; same inputs and seed give byte-identical `tokenizer.model`.
     category_weights: per-category oversampling factors, e.g. `{"code": 2.0}`.
     text_field: the record field holding the text.
     num_threads: SentencePiece threads (default: every core, at most 1024).
     max_sentence_length: longest training line in UTF-8 bytes; longer lines are cut.
+    character_coverage: the share of the sample's characters that get a piece of their own;
+        the rarest rest are spelled in byte pieces (0.98 to 1). Baichuan 2's 0.9999 is the
+        default; a small vocabulary over Chinese text may need less (e.g. 0.995).
     overwrite: replace an existing non-empty `out`.
     verbose: show SentencePiece's own log; progress: show the sampling progress bar.
     """
@@ -254,6 +260,8 @@ def train_tokenizer(
             f"({FIRST_BYTE_ID} meta pieces + 256 bytes), plus at least {MIN_LEARNED_PIECES} "
             f"learned pieces, so use at least {MIN_VOCAB_SIZE}"
         )
+    if not 0.98 <= character_coverage <= 1:  # SentencePiece's own bounds
+        raise ValueError(f"character coverage must be between 0.98 and 1, got {character_coverage}")
     threads = num_threads or min(os.cpu_count() or 1, 1024)
     if not 1 <= threads <= 1024:
         raise ValueError(f"num_threads must be between 1 and 1024, got {threads}")
@@ -277,6 +285,7 @@ def train_tokenizer(
         "vocab_size": vocab_size,
         "num_threads": threads,
         "max_sentence_length": max_sentence_length,
+        "character_coverage": character_coverage,
     }
     proto = _train(sample.sentences, settings, verbose=verbose)
     trained_at = time.perf_counter()
@@ -315,6 +324,22 @@ def train_tokenizer(
     return report
 
 
+def _vocab_too_small(message: str, settings: dict, lines: int) -> str:
+    """SentencePiece's "Vocabulary size is smaller than required_chars. V vs N. ..." in chuan's
+    terms: N (the kept characters plus the meta pieces) is the smallest size that fits."""
+    vocab, coverage = settings["vocab_size"], settings["character_coverage"]
+    needed = re.search(r"(\d+) vs (\d+)", message)
+    if needed is None:
+        reason = message.rsplit("] ", 1)[-1]
+        return f"vocab_size={vocab} does not fit the {lines} sampled lines: {reason}"
+    return (
+        f"vocab_size={vocab} is too small for the characters of the {lines} sampled lines at "
+        f"character coverage {coverage}: at least {needed[2]} pieces are needed. Use "
+        f"--vocab-size {needed[2]} or more, or a lower --character-coverage (e.g. 0.995) so "
+        "that rare characters fall back to byte pieces"
+    )
+
+
 def _train(sentences: list[str], settings: dict, *, verbose: bool) -> ModelProto:
     """Run SentencePiece on `sentences` (one per line in a temp file) and return its model."""
     with tempfile.TemporaryDirectory(prefix="chuan-spm-") as tmp:
@@ -331,11 +356,7 @@ def _train(sentences: list[str], settings: dict, *, verbose: bool) -> ModelProto
         except RuntimeError as e:
             if "Vocabulary size" not in str(e):
                 raise
-            reason = str(e).rsplit("] ", 1)[-1]
-            raise ValueError(
-                f"vocab_size={settings['vocab_size']} does not fit the {len(sentences)} sampled "
-                f"lines: {reason}"
-            ) from e
+            raise ValueError(_vocab_too_small(str(e), settings, len(sentences))) from e
         proto = ModelProto()
         proto.ParseFromString((Path(tmp) / "spm.model").read_bytes())
     # The temp paths and the thread count (which does not change the result) depend on the

@@ -1,8 +1,9 @@
 """The `chuan pretrain` recipe: one YAML file, these dataclasses, `key=value` overrides.
 
-Defaults are Baichuan 2's published pretraining settings (reference d.1): AdamW (0.9, 0.95),
-weight decay 0.1 off the norms, gradient clipping 0.5, 2,000 linear warmup steps then cosine
-to 0.1 x the peak learning rate, bf16 autocast over fp32 weights, max-z loss 2e-4.
+Defaults are Baichuan 2's published pretraining settings (Baichuan 2 technical report,
+arXiv:2309.10305, §2.6): AdamW (0.9, 0.95), weight decay 0.1 off the norms, gradient clipping
+0.5, 2,000 linear warmup steps then cosine to 0.1 x the peak learning rate (the report gives no
+floor; 0.1 is Colossal-LLaMA-2's), bf16 autocast over fp32 weights, max-z loss 2e-4.
 """
 
 from __future__ import annotations
