@@ -61,7 +61,7 @@ def test_errors_are_one_line_with_the_fix(tmp_path, capsys):
         main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--to", "llama"])
     with pytest.raises(SystemExit, match="--overwrite"):
         main(["model", "init", "--preset", "tiny", "--out", str(tmp_path / "a")])
-    with pytest.raises(SystemExit, match="not a Hugging Face model dir"):
+    with pytest.raises(SystemExit, match="missing: no such model dir"):
         main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "llama"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("out: x\npreset: tiny\ntokenizer: t\nstages: [{data: [d]}]\n")

@@ -20,6 +20,7 @@ from chuan.data.dedup import (
     split_sentences,
 )
 from chuan.data.shards import output_records, read_jsonl_zst
+from chuan.errors import OutputExistsError
 from helpers.corpus import write_jsonl
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -301,5 +302,6 @@ def test_resume_reuses_finished_signature_shards(originals, tmp_path):
     second = dedup_corpus(tmp_path / "in", tmp_path / "out", workers=1, progress=False)
     assert second["signatures"] == {"computed": 1, "reused": 1}
     assert outputs == {p.name: p.read_bytes() for p in (tmp_path / "out" / "shards").glob("*.zst")}
-    with pytest.raises(ValueError, match="other settings"):
+    # other settings into the same out: refused, naming the difference (issue 20)
+    with pytest.raises(OutputExistsError, match=r"other settings.*threshold: was 0.8, now 0.7"):
         dedup_corpus(tmp_path / "in", tmp_path / "out", threshold=0.7, progress=False)

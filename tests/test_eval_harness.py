@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from chuan.cli import eval_ppl
+from chuan.cli import eval_ppl, main
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
@@ -117,4 +117,4 @@ def test_unknown_task_is_named(tmp_path, model_dir):
 def test_missing_lm_eval_says_how_to_install(model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails
     with pytest.raises(SystemExit, match=r"pip install 'chuan\[eval\]'"):
-        _cli("harness", str(model_dir), "--tasks", "mmlu")
+        main(["eval", "harness", str(model_dir), "--tasks", "mmlu"])

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import chuan  # noqa: F401  (registers the Auto classes)
 from chuan.model.convert import convert
+from chuan.model.modeling import CACHE_FIELD
 
 pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
 
@@ -16,8 +17,8 @@ def _decode_step_logits(model, ids: torch.Tensor) -> torch.Tensor:
     """Logits of a token-by-token pass that uses the model's KV cache (HF cache objects)."""
     past, steps = None, []
     for t in range(ids.shape[1]):
-        out = model(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=ids[:, t : t + 1], use_cache=True, **{CACHE_FIELD: past})
+        past = getattr(out, CACHE_FIELD)
         steps.append(out.logits[:, -1])
     return torch.stack(steps, dim=1)
 

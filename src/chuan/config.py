@@ -16,11 +16,50 @@ from typing import Any, TypeVar
 
 import yaml
 
+from chuan.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value that does not fit its dataclass; the message names the dotted key."""
+
+
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A numeric dataclass field with its valid range, checked when a config is loaded (so a
+    bad value fails before any work starts, naming its dotted key and the range):
+    `lr: float = bounded(2e-4, gt=0)`. `None` stays allowed for optional fields."""
+    bounds = {
+        name: value
+        for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+        if value is not None
+    }
+    return dataclasses.field(default=default, metadata={"range": bounds})
+
+
+_RANGE_TESTS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def _check_range(value: Any, bounds: dict, key: str) -> None:
+    if value is None or not bounds:
+        return
+    for name, bound in bounds.items():
+        test, sign = _RANGE_TESTS[name]
+        if not test(value, bound):
+            valid = " and ".join(f"{_RANGE_TESTS[n][1]} {b}" for n, b in bounds.items())
+            raise ConfigError(f"{key} must be {valid}, got {value!r}")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
@@ -99,6 +138,9 @@ def from_dict(cls: type[T], data: dict, *, prefix: str = "") -> T:
             f"unknown key '{prefix}{unknown[0]}'; {cls.__name__} takes: {', '.join(sorted(names))}"
         )
     kwargs = {name: _convert(v, hints[name], f"{prefix}{name}") for name, v in data.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            _check_range(kwargs[f.name], f.metadata.get("range", {}), f"{prefix}{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing

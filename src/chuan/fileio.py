@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from chuan.errors import OutputExistsError
+
 
 @contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
@@ -21,7 +23,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{path} already exists and is not empty; choose another --out or pass --overwrite"
         )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+
+from chuan.cli.options import float_in, int_at_least
+from chuan.errors import ChuanError, InputError
 
 # Verb groups that live in their own module under `chuan.cli`, each with `register(verbs)`.
 VERB_MODULES = ("eval", "generate", "quantize", "quickstart", "scaling", "serve")
@@ -30,9 +35,10 @@ def _model_init(args: argparse.Namespace) -> None:
 
 
 def _model_info(args: argparse.Namespace) -> None:
-    from chuan.model import BaichuanConfig, parameter_count, training_flops_per_token
+    from chuan.model import parameter_count, training_flops_per_token
+    from chuan.model.checkpoint import read_config
 
-    config = BaichuanConfig.from_pretrained(args.model)
+    config = read_config(args.model)
     info = {
         "position_encoding": config.position_encoding,
         "norm_head": config.norm_head,
@@ -89,6 +95,13 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     )
 
 
+# The data verbs' --overwrite: a re-run with other settings or inputs is otherwise refused.
+_OVERWRITE_HELP = (
+    "delete an existing --out and start from scratch (without it, a re-run with the same "
+    "settings and inputs resumes and any other is refused)"
+)
+
+
 def _data_clean(args: argparse.Namespace) -> None:
     from chuan.config import load_config
     from chuan.data.clean import REPORT_FILE, CleanConfig, clean_corpus
@@ -100,6 +113,7 @@ def _data_clean(args: argparse.Namespace) -> None:
         config=config,
         seed=args.seed,
         workers=args.workers,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     langs = ", ".join(f"{k} {n:,}" for k, n in report["kept_per_lang"].items())
@@ -124,6 +138,7 @@ def _data_dedup(args: argparse.Namespace) -> None:
         sentence_min_chars=args.sentence_min_chars,
         seed=args.seed,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(
         f"wrote {args.out}: kept {report['kept']:,} of {report['read']:,} documents "
@@ -166,6 +181,7 @@ def _data_quality_score(args: argparse.Namespace) -> None:
             seed=args.seed,
             device=args.device,
             workers=args.workers,
+            overwrite=args.overwrite,
         )
     else:
         report = score_corpus(
@@ -175,6 +191,7 @@ def _data_quality_score(args: argparse.Namespace) -> None:
             field=args.field or "quality",
             seed=args.seed,
             workers=args.workers,
+            overwrite=args.overwrite,
         )
     print(
         f"wrote {args.out}: {report['kept']:,} scored, {report['rejected']:,} rejected of "
@@ -187,7 +204,9 @@ def _data_mix(args: argparse.Namespace) -> None:
     from chuan.data.mix import MixConfig, mix_corpus
 
     config = load_config(MixConfig, args.config, args.overrides)
-    report = mix_corpus(config, args.out, seed=args.seed, workers=args.workers)
+    report = mix_corpus(
+        config, args.out, seed=args.seed, workers=args.workers, overwrite=args.overwrite
+    )
     print(
         f"wrote {args.out}: tokens {report['tokens_before']:,.0f} -> {report['tokens_after']:,.0f}"
         f" in {len(report['categories'])} categories; report in {args.out}/report.md"
@@ -216,17 +235,16 @@ def _data_pack(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from chuan.train.config import load_pretrain_config
-    from chuan.train.loop import TrainingDiverged, pretrain
+    from chuan.train.loop import pretrain
 
-    try:
-        result = pretrain(load_pretrain_config(args.config, args.overrides), resume=args.resume)
-    except TrainingDiverged as err:
-        sys.exit(f"chuan pretrain: {err}")
+    result = pretrain(load_pretrain_config(args.config, args.overrides), resume=args.resume)
     if result.interrupted:
+        # A checkpoint was saved; the exit code still says "stopped by a signal" (128 + its
+        # number: 143 for SIGTERM, 130 for SIGINT), so a scheduler or script sees no success.
         print(
             f"interrupted at step {result.steps}; continue with the same command and --resume auto"
         )
-        return
+        sys.exit(128 + (result.signal or signal.SIGTERM))
     held = "" if result.eval_loss is None else f", held-out loss {result.eval_loss:.4f}"
     print(
         f"trained {result.steps:,} steps on {result.tokens:,} tokens: loss {result.final_loss:.4f}"
@@ -252,7 +270,7 @@ def _tokenizer_expand(args: argparse.Namespace) -> None:
         f"{report.added_for_reachability:,} for reachability = {report.final_size:,} pieces"
     )
     if report.failed:
-        raise ValueError(f"{len(report.failed)} added pieces do not encode as one token")
+        raise InputError(f"{len(report.failed)} added pieces do not encode as one token")
 
 
 def _tokenizer_stats(args: argparse.Namespace) -> None:
@@ -268,7 +286,10 @@ def _tokenizer_stats(args: argparse.Namespace) -> None:
 
 
 def _model_resize(args: argparse.Namespace) -> None:
+    from chuan.model.checkpoint import read_config
     from chuan.tokenizer.resize import resize_model
+
+    read_config(args.model)  # a missing dir or a broken config.json, named before any work
 
     config = resize_model(
         args.model,
@@ -286,7 +307,7 @@ def _parse_weights(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         category, sep, value = pair.rpartition("=")
         if not sep or not category:
-            raise ValueError(f"--category-weight takes CATEGORY=WEIGHT, got {pair!r}")
+            raise InputError(f"--category-weight takes CATEGORY=WEIGHT, got {pair!r}")
         weights[category] = float(value)
     return weights
 
@@ -297,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chuan",
         description="Build bilingual Baichuan-style language models end to end.",
+        epilog="Errors in input, settings or output dirs print one message and exit 1; "
+        "an interrupt exits 130.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get("CHUAN_DEBUG")),
+        help="show the traceback of an error as well (also: CHUAN_DEBUG=1)",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -310,11 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model shape")
     vocab = init.add_mutually_exclusive_group()
-    vocab.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
+    vocab.add_argument(
+        "--vocab-size", type=int_at_least(1), help="override the preset's vocabulary size"
+    )
     vocab.add_argument(
         "--tokenizer", metavar="DIR", help="take the vocabulary size and tokenizer files from DIR"
     )
-    init.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    init.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="initialisation seed (default 0)"
+    )
     init.add_argument("--out", required=True, metavar="DIR", help="model dir to write")
     init.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     init.set_defaults(func=_model_init)
@@ -386,12 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer or model dir")
     pack.add_argument("--out", required=True, metavar="DIR", help="dataset dir to write")
     pack.add_argument(
-        "--max-length", type=int, required=True, help="tokens per row (Baichuan 2: 4096)"
+        "--max-length",
+        type=int_at_least(2),
+        required=True,
+        help="tokens per row (Baichuan 2: 4096)",
     )
     pack.add_argument(
-        "--bins", type=int, default=1, help="bins per category, = buckets (default 1)"
+        "--bins", type=int_at_least(1), default=1, help="bins per category, = buckets (default 1)"
     )
-    pack.add_argument("--seed", type=int, default=0, help="row shuffle seed (default 0)")
+    pack.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="row shuffle seed (default 0)"
+    )
     pack.add_argument("--add-bos", action="store_true", help="start plain documents with BOS")
     pack.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     pack.set_defaults(func=_data_pack)
@@ -421,9 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dotted override of the config, repeatable (e.g. --set zh.min_chars=100)",
     )
-    clean.add_argument("--seed", type=int, default=0, help="recorded in the report (default 0)")
-    clean.add_argument("--workers", type=int, default=1, help="processes, one input file each")
+    clean.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="recorded in the report (default 0)"
+    )
+    clean.add_argument(
+        "--workers", type=int_at_least(1), default=1, help="processes, one input file each"
+    )
     clean.add_argument("--quiet", action="store_true", help="no progress bars")
+    clean.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     clean.set_defaults(func=_data_clean)
 
     dedup = data_verbs.add_parser(
@@ -439,34 +482,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dedup.add_argument("--out", required=True, metavar="DIR", help="output dir (resumable)")
     dedup.add_argument(
-        "--threshold", type=float, default=0.8, help="Jaccard threshold (default 0.8)"
+        "--threshold",
+        type=float_in(0, 1, low_open=True, high_open=True),
+        default=0.8,
+        help="Jaccard threshold (default 0.8)",
     )
     dedup.add_argument(
-        "--num-perm", type=int, default=128, help="MinHash permutations (default 128)"
+        "--num-perm", type=int_at_least(1), default=128, help="MinHash permutations (default 128)"
     )
     dedup.add_argument(
         "--ngram",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="shingle length (default: 5 characters for Chinese, 5 words otherwise)",
     )
-    dedup.add_argument("--bands", type=int, help="LSH bands, with --rows (default: optimised)")
-    dedup.add_argument("--rows", type=int, help="rows per band, with --bands")
+    dedup.add_argument(
+        "--bands", type=int_at_least(1), help="LSH bands, with --rows (default: optimised)"
+    )
+    dedup.add_argument("--rows", type=int_at_least(1), help="rows per band, with --bands")
     dedup.add_argument(
         "--sentence-max-repeats",
-        type=int,
+        type=int_at_least(0),
         default=3,
         help="drop a sentence seen more than K times corpus-wide after its first occurrence "
         "(default 3; 0 = off)",
     )
     dedup.add_argument(
         "--sentence-min-chars",
-        type=int,
+        type=int_at_least(0),
         default=10,
         help="shorter sentences (normalised characters) are never dropped (default 10)",
     )
-    dedup.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
-    dedup.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    dedup.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="permutation seed (default 0)"
+    )
+    dedup.add_argument(
+        "--workers", type=int_at_least(1), default=None, help="processes (default: all cores)"
+    )
+    dedup.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     dedup.set_defaults(func=_data_dedup)
 
     quality = data_verbs.add_parser("quality", help="train and apply document quality scorers")
@@ -481,9 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
     qtrain.add_argument("--good", nargs="+", required=True, metavar="FILE", help="good documents")
     qtrain.add_argument("--bad", nargs="+", required=True, metavar="FILE", help="bad documents")
     qtrain.add_argument("--out", required=True, metavar="DIR", help="model dir to write")
-    qtrain.add_argument("--holdout", type=float, default=0.2, help="held-out fraction (0.2)")
-    qtrain.add_argument("--l2", type=float, default=1e-4, help="L2 strength (1e-4)")
-    qtrain.add_argument("--seed", type=int, default=0, help="held-out split seed (default 0)")
+    qtrain.add_argument(
+        "--holdout",
+        type=float_in(0, 1, low_open=True, high_open=True),
+        default=0.2,
+        help="held-out fraction (0.2)",
+    )
+    qtrain.add_argument("--l2", type=float_in(0), default=1e-4, help="L2 strength (1e-4)")
+    qtrain.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="held-out split seed (default 0)"
+    )
     qtrain.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     qtrain.set_defaults(func=_data_quality_train)
 
@@ -499,11 +559,18 @@ def build_parser() -> argparse.ArgumentParser:
     qscore.add_argument("--out", required=True, metavar="DIR", help="output dir")
     qscore.add_argument("--lm", action="store_true", help="--model is a causal LM: perplexity")
     qscore.add_argument("--field", help="output field (default quality / perplexity)")
-    qscore.add_argument("--batch-size", type=int, default=8, help="LM windows per batch (8)")
-    qscore.add_argument("--max-length", type=int, default=512, help="LM window length (512)")
+    qscore.add_argument(
+        "--batch-size", type=int_at_least(1), default=8, help="LM windows per batch (8)"
+    )
+    qscore.add_argument(
+        "--max-length", type=int_at_least(2), default=512, help="LM window length (512)"
+    )
     qscore.add_argument("--device", default="cpu", help="LM device (cpu, cuda)")
-    qscore.add_argument("--workers", type=int, default=1, help="processes, one shard each")
-    qscore.add_argument("--seed", type=int, default=0, help="recorded in the report")
+    qscore.add_argument(
+        "--workers", type=int_at_least(1), default=1, help="processes, one shard each"
+    )
+    qscore.add_argument("--seed", type=int_at_least(0), default=0, help="recorded in the report")
+    qscore.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     qscore.set_defaults(func=_data_quality_score)
 
     mix = data_verbs.add_parser(
@@ -517,8 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("--config", required=True, metavar="FILE.yaml", help="a MixConfig")
     mix.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     mix.add_argument("--out", required=True, metavar="DIR", help="output dir")
-    mix.add_argument("--seed", type=int, help="overrides the config's seed")
-    mix.add_argument("--workers", type=int, default=1, help="processes, one shard each")
+    mix.add_argument("--seed", type=int_at_least(0), help="overrides the config's seed")
+    mix.add_argument("--workers", type=int_at_least(1), default=1, help="processes, one shard each")
+    mix.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     mix.set_defaults(func=_data_mix)
 
     pretrain = verbs.add_parser(
@@ -562,12 +630,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="JSONL / JSON / Parquet / txt files or dirs"
     )
-    train.add_argument("--vocab-size", type=int, required=True, help="Baichuan 2 used 125696")
+    train.add_argument(
+        "--vocab-size", type=int_at_least(1), required=True, help="Baichuan 2 used 125696"
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="tokenizer dir to write")
     train.add_argument(
-        "--sample-sentences", type=int, default=2_000_000, help="lines to train on (2000000)"
+        "--sample-sentences",
+        type=int_at_least(1),
+        default=2_000_000,
+        help="lines to train on (2000000)",
     )
-    train.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    train.add_argument("--seed", type=int_at_least(0), default=0, help="sampling seed (default 0)")
     train.add_argument(
         "--category-weight",
         action="append",
@@ -578,14 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-field", default="text", help="record field with the text")
     train.add_argument(
         "--character-coverage",
-        type=float,
+        type=float_in(0.98, 1),
         default=0.9999,
         metavar="C",
         help="share of the sample's characters that get their own piece, 0.98 to 1; the rarest "
         "rest fall back to bytes (default Baichuan 2's 0.9999; a small vocabulary over Chinese "
         "may need less)",
     )
-    train.add_argument("--threads", type=int, help="SentencePiece threads (default: all cores)")
+    train.add_argument(
+        "--threads", type=int_at_least(1), help="SentencePiece threads (default: all cores)"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--verbose", action="store_true", help="show SentencePiece's log")
     train.set_defaults(func=_tokenizer_train)
@@ -604,9 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-on", nargs="+", metavar="INPUT", help="learn the new pieces from a corpus"
     )
     expand.add_argument(
-        "--add", type=int, help="with --train-on: total pieces to add (reachability included)"
+        "--add",
+        type=int_at_least(1),
+        help="with --train-on: total pieces to add (reachability included)",
     )
-    expand.add_argument("--seed", type=int, default=0, help="seed for --train-on (default 0)")
+    expand.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="seed for --train-on (default 0)"
+    )
     expand.add_argument(
         "--any-script",
         action="store_true",
@@ -644,15 +723,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in VERB_MODULES:
         importlib.import_module(f"chuan.cli.{name}").register(verbs)
+    _name_commands(parser)
     return parser
 
 
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every verb's namespace its full name (`command`, e.g. "chuan data clean") for
+    messages."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command=sub.prog)
+                _name_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one verb. The one error path: a `ChuanError` (bad input, settings or output dir;
+    its message says what to do) is printed without a traceback and exits 1; an interrupt
+    exits 130 (128 + SIGINT); any other exception is a bug in chuan and shows its traceback."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        sys.exit(f"chuan {args.verb}: error: {err}")
+    except ChuanError as err:
+        if args.debug:
+            raise
+        sys.exit(f"{args.command}: error: {err}")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\n{args.command}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chuan.cli.options import add_device_arguments
+from chuan.cli.options import add_device_arguments, int_at_least
 from chuan.eval.prompts import PRESETS
 from chuan.eval.subjects import TASKS
 
@@ -66,7 +66,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     )
     mcq.add_argument(
         "--shots",
-        type=int,
+        type=int_at_least(0),
         default=5,
         help="few-shot demos from the same subject's dev split (default 5; on dev itself the "
         "asked question is left out of its demos)",
@@ -87,10 +87,12 @@ def register(actions: argparse._SubParsersAction) -> None:
         help="wrap each prompt in Baichuan 2's chat format (user id 195, assistant id 196; "
         "the tokenizer must have them as reserved pieces); the letter is the reply",
     )
-    mcq.add_argument("--batch-size", type=int, default=8, help="questions per forward (8)")
+    mcq.add_argument(
+        "--batch-size", type=int_at_least(1), default=8, help="questions per forward (8)"
+    )
     mcq.add_argument(
         "--max-length",
-        type=int,
+        type=int_at_least(2),
         default=2048,
         help="prompt tokens at most; demos are dropped by the preset's rule to fit (2048; "
         "lowered to the model's own context length)",

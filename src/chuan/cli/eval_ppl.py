@@ -7,7 +7,8 @@ import json
 import sys
 from collections import Counter
 
-from chuan.cli.options import add_device_arguments
+from chuan.cli.options import add_device_arguments, int_at_least
+from chuan.errors import InputError, MissingError
 
 _MAX_SHOWN_REJECTS = 5
 
@@ -39,10 +40,10 @@ def _ppl(args: argparse.Namespace) -> None:
     texts, rejects = read_text_files(args.text, lines=args.lines, text_field=args.text_field)
     _report_rejects(rejects)
     if not any(texts.values()):
-        raise ValueError("no document to score in " + ", ".join(map(str, args.text)))
+        raise InputError("no document to score in " + ", ".join(map(str, args.text)))
     tokenizer = load_tokenizer(args.model)
     if tokenizer is None:
-        raise FileNotFoundError(f"{args.model} has no tokenizer files")
+        raise MissingError(f"{args.model} has no tokenizer files")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     report = evaluate_perplexity(
         model,
@@ -71,21 +72,18 @@ def _harness(args: argparse.Namespace) -> None:
     from chuan.fileio import write_atomic
 
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
-    try:
-        results = run_harness(
-            args.model,
-            tasks,
-            include_path=args.include_path,
-            builtin_tasks=not args.no_builtin_tasks,
-            num_fewshot=args.num_fewshot,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
-            log_samples=args.log_samples,
-        )
-    except ImportError as err:
-        sys.exit(f"chuan eval harness: error: {err}")
+    results = run_harness(
+        args.model,
+        tasks,
+        include_path=args.include_path,
+        builtin_tasks=not args.no_builtin_tasks,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        log_samples=args.log_samples,
+    )
     print(results_tables(results))
     if args.json:
         write_atomic(args.json, results_json(results) + "\n")
@@ -97,7 +95,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, batch_default: int, batch_
     parser.add_argument("model", metavar="MODEL", help="model dir (chuan, Baichuan, HF LLaMA)")
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=int_at_least(1),
         default=batch_default,
         metavar="B",
         help=f"{batch_help} ({batch_default})",
@@ -132,13 +130,13 @@ def register(actions: argparse._SubParsersAction) -> None:
     ppl.add_argument("--text-field", default="text", help="record field with the text (text)")
     ppl.add_argument(
         "--max-length",
-        type=int,
+        type=int_at_least(1),
         metavar="N",
         help="window length in tokens (default: the model's context)",
     )
     ppl.add_argument(
         "--stride",
-        type=int,
+        type=int_at_least(1),
         metavar="S",
         help="tokens between window starts, 1..max length (default: max length, i.e. disjoint "
         "chunks); smaller gives each token more context at max_length/stride times the compute",
@@ -171,7 +169,7 @@ def register(actions: argparse._SubParsersAction) -> None:
     )
     harness.add_argument(
         "--num-fewshot",
-        type=int,
+        type=int_at_least(0),
         metavar="K",
         help="few-shot examples per prompt (default: each task's)",
     )

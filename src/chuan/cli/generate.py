@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from chuan.cli.options import add_device_arguments
+from chuan.errors import InputError, MissingError
 
 CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
 
@@ -61,11 +62,17 @@ def _generate(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model)
     bos = model.config.bos_token_id
     if args.prompt_ids is not None:
-        prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+        try:
+            prompt = [int(t) for t in args.prompt_ids.replace(",", " ").split()]
+        except ValueError:
+            raise InputError(
+                f"--prompt-ids takes token ids separated by spaces or commas, e.g. '1 345 22'; "
+                f"got {args.prompt_ids!r}"
+            ) from None
     elif args.prompt and tokenizer is not None:
         prompt = [bos, *tokenizer.encode(args.prompt, add_special_tokens=False)]
     elif args.prompt:
-        raise ValueError(f"{args.model} has no tokenizer files: give --prompt-ids, not --prompt")
+        raise InputError(f"{args.model} has no tokenizer files: give --prompt-ids, not --prompt")
     else:
         prompt = [bos]
     cfg = _sampling_config(args, SamplingConfig(stop_token_ids=eos_stop_ids(model.config)))
@@ -86,10 +93,10 @@ def _chat(args: argparse.Namespace) -> None:
     from chuan.infer.sampling import describe, generation_defaults
 
     if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"{args.model}: no such model dir")
+        raise MissingError(f"{args.model}: no such model dir")
     tokenizer = load_tokenizer(args.model)
     if tokenizer is None:
-        raise FileNotFoundError(f"{args.model} has no tokenizer files (tokenizer.model)")
+        raise MissingError(f"{args.model} has no tokenizer files (tokenizer.model)")
     cfg = _sampling_config(args, generation_defaults(args.model))
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     print(f"generation settings: {describe(cfg)}", file=sys.stderr)

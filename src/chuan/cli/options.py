@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,3 +18,61 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         help="weights dtype (default auto: bf16 on a GPU that has it, else fp32)",
     )
+
+
+# argparse `type=` functions for numeric flags: a value out of range is refused while the
+# arguments are parsed, before any work starts, with the valid range in the message.
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def float_in(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    """A finite number in [low, high] (`low_open` / `high_open` exclude the ends; None = no
+    bound on that side)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            parts = []
+            if low is not None:
+                parts.append(f"{'>' if low_open else '>='} {low:g}")
+            if high is not None:
+                parts.append(f"{'<' if high_open else '<='} {high:g}")
+            raise argparse.ArgumentTypeError(
+                f"must be a number {' and '.join(parts) or 'that is finite'}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1..65535 (0 would pick a random one, which a client cannot know)."""
+    value = int_at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {value}")
+    return value

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from chuan.cli.options import int_at_least
+
 
 def _quantize(args: argparse.Namespace) -> None:
     from chuan.infer.quantize import REPORT_MD, quantize_dir, render_memory_table, write_report
@@ -59,7 +61,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--group-size",
-        type=int,
+        type=int_at_least(2),
         metavar="G",
         help=f"int4 only: inputs per scale/min group (default {DEFAULT_GROUP_SIZE}; PyTorch's "
         "CPU kernel takes 32, 64, 128 or 256, other even sizes dequantize per forward)",
@@ -73,14 +75,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--eval-tokens",
-        type=int,
+        type=int_at_least(1),
         metavar="N",
         default=8192,
         help="evaluate the leading lines of --eval-text that fit in N scored tokens (default 8192)",
     )
     parser.add_argument(
         "--eval-window",
-        type=int,
+        type=int_at_least(1),
         metavar="N",
         default=512,
         help="tokens per sliding window (--max-length of `chuan eval ppl`), capped at the "

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+
+from chuan.cli.options import float_in, int_at_least
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -23,10 +26,12 @@ def _quickstart(args: argparse.Namespace) -> None:
     try:
         run_quickstart(options)
     except KeyboardInterrupt:
-        sys.exit(
-            "chuan quickstart: interrupted; finished stages and the last checkpoint are kept: "
-            "run the same command again to continue where it stopped"
+        print(
+            "\nchuan quickstart: interrupted; finished stages and the last checkpoint are kept: "
+            "run the same command again to continue where it stopped",
+            file=sys.stderr,
         )
+        sys.exit(128 + signal.SIGINT)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -47,7 +52,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--minutes",
-        type=float,
+        type=float_in(0, low_open=True),
         default=10.0,
         help="time budget of the whole run; pretraining gets what the other stages leave "
         "(default 10)",
@@ -56,13 +61,18 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--until", metavar="STAGE", help=f"stop after this stage ({names})")
     parser.add_argument(
         "--max-docs",
-        type=int,
+        type=int_at_least(1),
         metavar="N",
         help="use the first N documents of each sample file (a faster, smaller run)",
     )
     parser.add_argument(
-        "--steps", type=int, metavar="N", help="pretraining steps (default: from --minutes)"
+        "--steps",
+        type=int_at_least(1),
+        metavar="N",
+        help="pretraining steps (default: from --minutes)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    parser.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="seed of the sampling (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_quickstart)

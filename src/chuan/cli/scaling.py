@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chuan.cli.options import float_in
+
 
 def _sweep(args: argparse.Namespace) -> None:
     from chuan.eval.sweep import load_sweep_config, plan_sweep, plan_table, run_sweep
-    from chuan.train.loop import TrainingDiverged
 
     config = load_sweep_config(args.config, args.overrides)
     if args.plan:
         print(plan_table(plan_sweep(config)), end="")
         return
-    try:
-        result = run_sweep(config)
-    except TrainingDiverged as err:
-        sys.exit(f"chuan scaling sweep: {err}")
+    result = run_sweep(config)
     done = f"{len(result.rows)} runs finished ({result.skipped} skipped as already finished)"
     if result.interrupted:
         print(f"interrupted after {done}; run the same command again to continue")
-        return
+        sys.exit(128 + result.signal)
     print(
         f"{done}; rows in {result.out / 'runs.csv'}, report in {result.out / 'report.md'}. "
         f"Fit: chuan scaling fit {result.out / 'runs.csv'} --holdout largest"
@@ -112,7 +110,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--predict",
         nargs="+",
-        type=float,
+        type=float_in(0, low_open=True),
         default=[],
         metavar="C",
         help="also predict the loss at these compute budgets (FLOPs), with standard errors",

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from chuan.cli.options import add_device_arguments
+from chuan.cli.options import add_device_arguments, int_at_least, port_number
+from chuan.errors import InputError
 
 API_KEY_ENV = "CHUAN_API_KEY"
 
@@ -35,7 +36,7 @@ def _serve(args: argparse.Namespace) -> None:
     from chuan.infer.server import create_app
 
     if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+        raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
     key = api_key(args.api_key)
     if not _is_loopback(args.host) and key is None:
         print(
@@ -78,7 +79,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes "
         "the server to the network, so set an API key)",
     )
-    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
     serve.add_argument(
         "--api-key",
         help=f"require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV} "
@@ -90,7 +91,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--max-batch",
-        type=int,
+        type=int_at_least(1),
         default=16,
         help="most sequences decoded at once, across requests and choices (default 16)",
     )

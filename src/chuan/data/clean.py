@@ -35,7 +35,15 @@ from tqdm import tqdm
 from chuan.config import ConfigError, to_dict
 from chuan.data import rules
 from chuan.data.langid import LangIdConfig, identify
-from chuan.data.shards import JsonlZstWriter, ShardStats, run_shards, shard_records, totals
+from chuan.data.shards import (
+    JsonlZstWriter,
+    ShardStats,
+    StageRun,
+    run_shards,
+    shard_records,
+    totals,
+)
+from chuan.errors import DependencyError
 from chuan.fileio import write_atomic
 
 REPORT_FILE = "report.json"
@@ -183,7 +191,7 @@ def _t2s():
     try:
         import opencc
     except ImportError:
-        raise ImportError(
+        raise DependencyError(
             "to_simplified needs the `opencc-python-reimplemented` package: "
             "pip install opencc-python-reimplemented"
         ) from None
@@ -290,10 +298,13 @@ def clean_corpus(
     config: CleanConfig | None = None,
     seed: int = 0,
     workers: int = 1,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Clean every corpus file of `inputs` into `out` (resumable per shard); return the report.
 
+    A re-run into the same `out` with the same config, seed and inputs resumes; any other is
+    refused (`overwrite` redoes it from scratch; see `chuan.data.shards.StageRun`).
     The rules are deterministic, so `seed` changes nothing today; it is recorded in the report
     as every stage's is.
     """
@@ -301,10 +312,12 @@ def clean_corpus(
     out = Path(out)
     start = time.perf_counter()
     work = functools.partial(clean_shard, config=config, progress=progress)
-    stats = run_shards(inputs, out, work, workers=workers)
-    report = build_report(stats, config, seed=seed, seconds=time.perf_counter() - start)
-    write_atomic(out / REPORT_FILE, json.dumps(report, ensure_ascii=False, indent=1) + "\n")
-    write_atomic(out / SUMMARY_FILE, report_markdown(report))
+    settings = {"config": to_dict(config), "seed": seed}
+    with StageRun(inputs, out, stage="clean", settings=settings, overwrite=overwrite) as run:
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        report = build_report(stats, config, seed=seed, seconds=time.perf_counter() - start)
+        write_atomic(out / REPORT_FILE, json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+        write_atomic(out / SUMMARY_FILE, report_markdown(report))
     return report
 
 

@@ -51,11 +51,12 @@ from chuan.data import minhash
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
-    input_shards,
+    StageRun,
     run_shards,
     shard_records,
     totals,
 )
+from chuan.errors import InputError
 from chuan.fileio import atomic_file, write_atomic
 
 REPORT_FILE = "report.json"
@@ -79,7 +80,7 @@ EMPTIED_REASON = "only repeated sentences"
 
 @dataclass(frozen=True)
 class DedupParams:
-    """Every setting that changes the stage's output (recorded in `OUT/work/params.json`)."""
+    """Every setting that changes the stage's output (recorded in `OUT/run.json`)."""
 
     threshold: float
     num_perm: int
@@ -114,6 +115,7 @@ def dedup_corpus(
     sentence_min_chars: int = SENTENCE_MIN_CHARS,
     seed: int = 0,
     workers: int | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Deduplicate the corpus files under `inputs` into `out`; returns the report.
@@ -121,19 +123,69 @@ def dedup_corpus(
     `ngram` None shingles by 5 characters (CJK documents) or 5 words (others). `bands` and
     `rows` default to the datasketch-style optimum for (`threshold`, `num_perm`); give both to
     choose the S-curve yourself. `sentence_max_repeats` 0 turns sentence dedup off.
-    A re-run into the same `out` with the same settings resumes; other settings are an error.
+    A re-run into the same `out` with the same settings and inputs resumes; any other is
+    refused (`overwrite` redoes it from scratch; see `chuan.data.shards.StageRun`).
     """
-    if (bands is None) != (rows is None):
-        raise ValueError("give both bands and rows, or neither")
+    check_settings(threshold, num_perm, ngram, bands, rows, sentence_max_repeats,
+                   sentence_min_chars, seed)  # fmt: skip
     if bands is None:
         bands, rows = minhash.optimal_bands(threshold, num_perm)
     params = DedupParams(
         threshold, num_perm, ngram, bands, rows, sentence_max_repeats, sentence_min_chars, seed
     )
     out = Path(out)
-    shards = input_shards(inputs)
     workers = workers or _available_cores()
-    _check_params(out / "work" / "params.json", params, shards)
+    run = StageRun(
+        inputs,
+        out,
+        stage="dedup",
+        settings=asdict(params),
+        overwrite=overwrite,
+        markers=("shards/{name}.done", "work/signatures/{name}.done.json"),
+        global_plan=True,
+    )
+    with run:
+        return _dedup(run.shards, out, params, workers, progress)
+
+
+def check_settings(
+    threshold: float,
+    num_perm: int,
+    ngram: int | None,
+    bands: int | None,
+    rows: int | None,
+    sentence_max_repeats: int,
+    sentence_min_chars: int,
+    seed: int,
+) -> None:
+    """Every setting in its range, and bands x rows within the permutations, before any work
+    (an `InputError` naming the setting)."""
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"threshold must be in (0, 1), got {threshold}")
+    for name, value, low in (
+        ("num_perm", num_perm, 1),
+        ("ngram", ngram, 1),
+        ("bands", bands, 1),
+        ("rows", rows, 1),
+        ("sentence_max_repeats", sentence_max_repeats, 0),
+        ("sentence_min_chars", sentence_min_chars, 0),
+        ("seed", seed, 0),
+    ):
+        if value is not None and (isinstance(value, bool) or value < low):
+            raise InputError(f"{name} must be an integer >= {low}, got {value}")
+    if (bands is None) != (rows is None):
+        raise InputError("give both bands and rows, or neither")
+    if bands is not None and bands * rows > num_perm:
+        raise InputError(
+            f"{bands} bands x {rows} rows = {bands * rows} exceeds the {num_perm} permutations "
+            "(--num-perm); lower --bands or --rows, or raise --num-perm"
+        )
+
+
+def _dedup(
+    shards: list[tuple[str, Path]], out: Path, params: DedupParams, workers: int, progress: bool
+) -> dict[str, Any]:
+    bands, rows = params.bands, params.rows
     curve = minhash.s_curve(bands, rows)
     if progress:
         print(f"dedup: {bands} bands x {rows} rows, P(candidate | J): {curve}", file=sys.stderr)
@@ -152,7 +204,7 @@ def dedup_corpus(
     start = time.perf_counter()
     if progress:
         print(f"dedup: writing {len(shards)} shards", file=sys.stderr)
-    stats = run_shards([p for _, p in shards], out, _filter_shard, workers=workers)
+    stats = run_shards(None, out, _filter_shard, workers=workers, shards=shards)
     timing["filter_s"] = time.perf_counter() - start
 
     report = _report(params, curve, stats, corpus, decisions, shards, out, timing)
@@ -165,21 +217,6 @@ def dedup_corpus(
 
 def _available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _check_params(path: Path, params: DedupParams, shards: list[tuple[str, Path]]) -> None:
-    """Record the settings of a new output dir; refuse to resume one made with other settings,
-    whose finished shards would otherwise be mixed with new decisions."""
-    wanted = {"params": asdict(params), "inputs": [str(p) for _, p in shards]}
-    if path.is_file():
-        found = json.loads(path.read_text())
-        if found != wanted:
-            raise ValueError(
-                f"{path.parent.parent} holds a dedup run with other settings or inputs "
-                f"({found['params']}); choose a fresh --out"
-            )
-        return
-    write_atomic(path, json.dumps(wanted, indent=1))
 
 
 # ---------------------------------------------------------------- pass 1: signatures
@@ -498,7 +535,10 @@ def _filter_shard(path: Path, shard: Path, rejects_path: Path, stats: ShardStats
             }))  # fmt: skip
             stats.kept += 1
         if seen != len(decision["status"]):
-            raise RuntimeError(f"{path} changed since its signatures were computed")
+            raise InputError(
+                f"{path} changed since its signatures were computed; run dedup again with "
+                "--overwrite"
+            )
     except BaseException:
         kept.abort()
         rejects.abort()

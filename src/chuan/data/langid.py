@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chuan.config import bounded
+
 # CJK Unified Ideographs, Extension A, and the compatibility block (all Han).
 HAN = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff]")
 KANA = re.compile("[\u3040-\u30ff]")
@@ -97,10 +99,10 @@ _WORD = re.compile(r"[^\W\d_]+")  # words of letters of any script, so "créa" i
 class LangIdConfig:
     """Script-ratio thresholds (see the module docstring for why these values)."""
 
-    min_zh_han_share: float = 0.3
-    max_zh_kana_share: float = 0.05
-    min_en_latin_share: float = 0.8
-    min_en_stopword_share: float = 0.05
+    min_zh_han_share: float = bounded(0.3, ge=0, le=1)
+    max_zh_kana_share: float = bounded(0.05, ge=0, le=1)
+    min_en_latin_share: float = bounded(0.8, ge=0, le=1)
+    min_en_stopword_share: float = bounded(0.05, ge=0, le=1)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from chuan.errors import InputError
+
 NGRAM = 5
 # A document is shingled by characters when at least this share of its letters/digits is CJK.
 CJK_SHARE = 0.2
@@ -182,7 +184,7 @@ class MinHasher:
         """(documents, num_perm) uint32 minima; every shingle array must be non-empty."""
         lengths = np.array([len(s) for s in shingles], np.int64)
         if (lengths == 0).any():
-            raise ValueError("every document needs at least one shingle")
+            raise InputError("every document needs at least one shingle")
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         hashes = np.concatenate(shingles) if len(shingles) else np.zeros(0, np.uint64)
         out = np.full((len(shingles), self.num_perm), np.iinfo(np.uint32).max, np.uint32)
@@ -223,7 +225,7 @@ def optimal_bands(
     """(bands, rows) minimising the weighted false-positive + false-negative areas; the first
     minimum in (bands, rows) order wins, as in datasketch. May leave permutations unused."""
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        raise InputError(f"threshold must be in (0, 1), got {threshold}")
     pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
     bands = np.array([p[0] for p in pairs], np.float64)[:, None]
     rows = np.array([p[1] for p in pairs], np.float64)[:, None]
@@ -243,7 +245,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int = 0) -> n
     """(documents, bands) uint64: one 64-bit key per band of `rows` signature values; documents
     agree on a key exactly when they agree on the band (up to a 2^-64 collision chance)."""
     if bands * rows > signatures.shape[1]:
-        raise ValueError(f"{bands} bands x {rows} rows exceed {signatures.shape[1]} permutations")
+        raise InputError(f"{bands} bands x {rows} rows exceed {signatures.shape[1]} permutations")
     rng = np.random.default_rng([seed, 1])
     multipliers = rng.integers(0, 1 << 63, rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     keys = np.zeros((signatures.shape[0], bands), np.uint64)

@@ -44,16 +44,19 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from chuan.config import ConfigError
+from chuan.config import ConfigError, bounded
 from chuan.data.io import corpus_files
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
+    StageRun,
     input_shards,
     run_shards,
+    shard_name,
     shard_records,
     totals,
 )
+from chuan.errors import InputError
 from chuan.fileio import write_atomic
 
 _CJK_CHAR = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
@@ -75,16 +78,16 @@ class MixConfig:
 
     inputs: list[MixInput] = field(default_factory=list)
     method: Literal["explicit", "temperature", "unimax"] = "temperature"
-    budget_tokens: int | None = None
+    budget_tokens: int | None = bounded(None, gt=0)
     weights: dict[str, float] = field(default_factory=dict)
-    temperature: float = 1.0
-    max_epochs: float | None = None
+    temperature: float = bounded(1.0, gt=0)
+    max_epochs: float | None = bounded(None, gt=0)
     quality_field: str | None = None
     quality_gamma: float = 1.0
-    quality_top_fraction: float | None = None
+    quality_top_fraction: float | None = bounded(None, gt=0, le=1)
     tokenizer: str | None = None
     default_category: str = "default"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -133,13 +136,13 @@ def explicit_weights(tokens: dict[str, float], weights: dict[str, float]) -> dic
     missing = sorted(set(tokens) - set(weights))
     unknown = sorted(set(weights) - set(tokens))
     if missing or unknown:
-        raise ValueError(
+        raise InputError(
             f"weights must name exactly the categories found {sorted(tokens)}: "
             f"missing {missing}, not in the data {unknown}"
         )
     total = sum(weights[c] for c in tokens)
     if total <= 0:
-        raise ValueError("weights sum to 0")
+        raise InputError("weights sum to 0")
     return {c: weights[c] / total for c in tokens}
 
 
@@ -247,9 +250,10 @@ def _token_counter(tokenizer_dir: str | None):
     ]
 
 
-def file_categories(config: MixConfig) -> list[str | None]:
-    """The configured category of every corpus file, in `input_shards` order."""
-    return [i.category for i in config.inputs for _ in corpus_files(i.path)]
+def file_categories(config: MixConfig, exclude: str | Path | None = None) -> list[str | None]:
+    """The configured category of every corpus file, in `input_shards` order (`exclude`: the
+    output dir, skipped as there)."""
+    return [i.category for i in config.inputs for _ in corpus_files(i.path, exclude=exclude)]
 
 
 def record_category(record: dict, given: str | None, default: str) -> str:
@@ -266,10 +270,17 @@ def record_quality(record: dict, field_name: str | None) -> float:
     return float(value) if ok and math.isfinite(value) and value >= 0 else math.nan
 
 
-def take_census(config: MixConfig, progress: bool) -> Census:
-    """The counting pass."""
-    shards = input_shards([i.path for i in config.inputs])
-    given = file_categories(config)
+def take_census(
+    config: MixConfig,
+    progress: bool,
+    shards: list[tuple[str, Path]] | None = None,
+    given: list[str | None] | None = None,
+) -> Census:
+    """The counting pass (over `shards` and their configured categories `given`, default:
+    the configured inputs')."""
+    if shards is None or given is None:
+        shards = input_shards([i.path for i in config.inputs])
+        given = file_categories(config)
     count = _token_counter(config.tokenizer)
     names: dict[str, int] = {}
     columns: dict[str, list] = {"shard": [], "category": [], "tokens": [], "quality": []}
@@ -371,23 +382,44 @@ def _mix_shard(
     counts, given = copies[name], category[name]
     out, rejects = JsonlZstWriter(shard), JsonlZstWriter(rejects_path)
     passes = max(counts, default=0)
+    valid = 0  # valid records read in the first pass
     bar = tqdm(desc=f"mix {path.name}", unit="doc", disable=not progress)
-    for k in range(max(passes, 1)):
-        # Only the first pass counts reads and rejects; later passes re-read the same records.
-        pass_stats = stats if k == 0 else ShardStats(input=str(path))
-        pass_rejects = rejects if k == 0 else None
-        for number, (line, record) in enumerate(shard_records(path, pass_stats, pass_rejects)):
-            if counts[number] > k:
-                record["category"] = record_category(record, given, default_category)
-                out.write(record)
-            elif k == 0 and counts[number] == 0:
-                reason = NOT_SAMPLED
-                if math.isnan(record_quality(record, quality_field)):
-                    reason = f"{quality_field}: missing or not a number >= 0"
-                stats.reasons[reason] += 1
-                rejects.write({"file": str(path), "line": line, "reason": reason})
-            bar.update(1)
-    bar.close()
+    try:
+        for k in range(max(passes, 1)):
+            # Only the first pass counts reads and rejects; later passes re-read the records.
+            pass_stats = stats if k == 0 else ShardStats(input=str(path))
+            pass_rejects = rejects if k == 0 else None
+            records = shard_records(path, pass_stats, pass_rejects)
+            for number, (line, record) in enumerate(records):
+                if k == 0:
+                    valid = number + 1
+                if number >= len(counts):
+                    raise InputError(
+                        f"{path} changed while it was being mixed; run mix again with --overwrite"
+                    )
+                if counts[number] > k:
+                    record["category"] = record_category(record, given, default_category)
+                    out.write(record)
+                elif k == 0 and counts[number] == 0:
+                    reason = NOT_SAMPLED
+                    if math.isnan(record_quality(record, quality_field)):
+                        reason = f"{quality_field}: missing or not a number >= 0"
+                    stats.reasons[reason] += 1
+                    rejects.write({"file": str(path), "line": line, "reason": reason})
+                bar.update(1)
+    except BaseException:
+        out.abort()
+        rejects.abort()
+        raise
+    finally:
+        bar.close()
+    if out.count != sum(counts) or valid != len(counts):
+        out.abort()
+        rejects.abort()
+        raise InputError(
+            f"{path} changed while it was being mixed ({len(counts)} records counted, "
+            f"{valid} read now); run mix again with --overwrite"
+        )
     stats.kept = sum(1 for c in counts if c > 0)
     stats.rejected = stats.read - stats.kept
     stats.extra = {"written": out.count}
@@ -401,17 +433,49 @@ def mix_corpus(
     *,
     seed: int | None = None,
     workers: int = 1,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Sample the configured inputs into `out` (shards, rejects, report.json, report.md).
 
-    `seed` overrides `config.seed`. The same inputs, config and seed give the same output.
+    `seed` overrides `config.seed`. The same inputs, config and seed give the same output; a
+    re-run into the same `out` with them resumes, any other is refused (`overwrite` redoes it;
+    see `chuan.data.shards.StageRun`).
     """
     if seed is not None:
         config = dataclasses.replace(config, seed=seed)
-    census = take_census(config, progress)
+    files: list[Path] = []
+    given: list[str | None] = []  # the configured category of each file
+    for item in config.inputs:
+        found = corpus_files(item.path, exclude=out)
+        files += found
+        given += [item.category] * len(found)
+    shards = [(shard_name(i, p), p) for i, p in enumerate(files)]
+    settings = asdict(config)
+    run = StageRun(
+        None,
+        out,
+        stage="mix",
+        settings=settings,
+        overwrite=overwrite,
+        shards=shards,
+        global_plan=True,
+    )
+    with run:
+        return _mix(config, out, shards, given, workers=workers, progress=progress)
+
+
+def _mix(
+    config: MixConfig,
+    out: str | Path,
+    shards: list[tuple[str, Path]],
+    given: list[str | None],
+    *,
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
+    census = take_census(config, progress, shards, given)
     copies, plans = plan_copies(census, config)
-    given = file_categories(config)
     work = functools.partial(
         _mix_shard,
         copies={
@@ -422,7 +486,7 @@ def mix_corpus(
         quality_field=config.quality_field,
         progress=progress,
     )
-    stats = run_shards([i.path for i in config.inputs], out, work, workers=workers)
+    stats = run_shards(None, out, work, workers=workers, shards=shards)
     report = {
         **totals(stats),
         "written": sum(s.extra["written"] for s in stats),

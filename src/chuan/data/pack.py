@@ -46,7 +46,16 @@ import torch
 from datasets.table import InMemoryTable
 from tqdm import tqdm
 
-from chuan.data.io import RecordError, as_paths, corpus_files, iter_records, to_document
+from chuan.data.io import (
+    RecordError,
+    UnreadableFileError,
+    as_paths,
+    corpus_files,
+    iter_records,
+    to_document,
+)
+from chuan.data.shards import RUN_FILE, claim_output, dir_fingerprint, run_record
+from chuan.errors import InputError
 from chuan.fileio import atomic_dir
 from chuan.model.loss import IGNORE_INDEX
 from chuan.tokenizer.hf import load_tokenizer
@@ -127,7 +136,9 @@ def read_samples(files: Iterable[Path], rejects: Rejects) -> Iterator[Sample]:
     """Every valid record of `files`, in order; every invalid one goes to `rejects`.
 
     An error raised while reading (a file that stops decoding as UTF-8, a broken JSON array)
-    ends that file: it is rejected once and reading goes on with the next file.
+    ends that file: it is rejected once and reading goes on with the next file. A file that
+    cannot be read through at all (truncated, corrupt or binary: `UnreadableFileError`) stops
+    the run instead, naming the file: packing what was read of it would lose the rest silently.
     """
     for path in files:
         try:
@@ -138,6 +149,8 @@ def read_samples(files: Iterable[Path], rejects: Rejects) -> Iterator[Sample]:
                     rejects.add(error, record)
                     continue
                 yield sample
+        except UnreadableFileError:
+            raise
         except RecordError as error:
             rejects.add(error)
 
@@ -154,7 +167,7 @@ class Encoder:
     def __init__(self, tokenizer_dir: str | Path, *, add_bos: bool):
         tokenizer = load_tokenizer(tokenizer_dir)
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"{tokenizer_dir}: the tokenizer has no EOS token to end documents")
+            raise InputError(f"{tokenizer_dir}: the tokenizer has no EOS token to end documents")
         self.backend = tokenizer.backend_tokenizer
         self.backend.encode_special_tokens = True
         self.bos = tokenizer.bos_token_id
@@ -168,7 +181,7 @@ class Encoder:
 
     def _bos(self) -> list[int]:
         if self.bos is None:
-            raise ValueError(
+            raise InputError(
                 f"{self.tokenizer_dir}: the tokenizer has no BOS token, which --add-bos and "
                 "Colossal records need"
             )
@@ -433,9 +446,9 @@ def _datasets_progress(enabled: bool) -> Iterator[None]:
 
 def _check_settings(max_length: int, bins: int) -> None:
     if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
+        raise InputError(f"max_length must be at least 2 tokens, got {max_length}")
     if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
+        raise InputError(f"bins must be at least 1, got {bins}")
 
 
 def _report(
@@ -486,19 +499,30 @@ def pack_corpus(
     `segment_ids` (int32) and `loss_mask` (int8), each a list of `max_length`, plus `category`
     and `bucket`; rows are bucket 0's (shuffled), then bucket 1's, ... Beside the data:
     `report.json`, `report.md` and `rejects.jsonl` (every record that was not packed, with
-    file, line, field and reason). Everything is written in one atomic step.
+    file, line, field and reason). Everything is written in one atomic step, with `run.json`
+    (settings and input fingerprints): an existing `out` is refused, naming what differs from
+    this run, unless `overwrite` (see `chuan.data.shards.claim_output`).
     """
     _check_settings(max_length, bins)
     start = time.perf_counter()
     inputs = as_paths(inputs)  # a generator would be spent by corpus_files
-    files = corpus_files(inputs)
+    files = corpus_files(inputs, exclude=out)
+    settings = {
+        "tokenizer": dir_fingerprint(tokenizer_dir),
+        "max_length": max_length,
+        "bins": bins,
+        "seed": seed,
+        "add_bos": add_bos,
+    }
+    record = run_record("pack", settings, files)
+    claim_output(out, record, overwrite=overwrite, resumable=False)
     encoder = Encoder(tokenizer_dir, add_bos=add_bos)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with open(tmp / REJECTS_FILE, "w", encoding="utf-8") as stream:
             rejects = Rejects(stream)
             corpus = tokenize_corpus(files, encoder, rejects, progress=progress)
         if not corpus:
-            raise ValueError(
+            raise InputError(
                 f"no documents to pack in {[str(p) for p in inputs]}: "
                 f"{rejects.count} records rejected ({dict(rejects.reasons)})"
             )
@@ -506,6 +530,9 @@ def pack_corpus(
         table = pa.concat_tables([b.table(i, seed) for i, b in enumerate(buckets)])
         with _datasets_progress(progress):
             datasets.Dataset(InMemoryTable(table)).save_to_disk(tmp)
+            written = datasets.load_from_disk(str(tmp)).num_rows  # read back before success
+        if written != table.num_rows:
+            raise RuntimeError(f"wrote {written} rows of {table.num_rows} into {tmp}")
         report = _report(
             corpus,
             buckets,
@@ -520,4 +547,5 @@ def pack_corpus(
         )
         (tmp / REPORT_FILE).write_text(report.to_json(), encoding="utf-8")
         (tmp / SUMMARY_FILE).write_text(report.to_markdown(), encoding="utf-8")
+        (tmp / RUN_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return report

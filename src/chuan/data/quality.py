@@ -38,7 +38,16 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from chuan.data.io import iter_documents
-from chuan.data.shards import JsonlZstWriter, ShardStats, run_shards, shard_records, totals
+from chuan.data.shards import (
+    JsonlZstWriter,
+    ShardStats,
+    StageRun,
+    dir_fingerprint,
+    run_shards,
+    shard_records,
+    totals,
+)
+from chuan.errors import InputError, MissingError
 from chuan.fileio import atomic_dir, write_atomic
 
 MODEL_FORMAT = "chuan-quality-linear"
@@ -71,11 +80,11 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         if self.buckets < 2 or self.buckets & (self.buckets - 1):
-            raise ValueError(f"buckets must be a power of two, got {self.buckets}")
+            raise InputError(f"buckets must be a power of two, got {self.buckets}")
         if not self.char_ngrams and not self.word_ngrams:
-            raise ValueError("give at least one of char_ngrams, word_ngrams")
+            raise InputError("give at least one of char_ngrams, word_ngrams")
         if any(n < 1 for n in (*self.char_ngrams, *self.word_ngrams)):
-            raise ValueError("n-gram orders must be >= 1")
+            raise InputError("n-gram orders must be >= 1")
 
 
 def _splitmix(values: np.ndarray, salt: int) -> np.ndarray:
@@ -222,10 +231,10 @@ class QualityModel:
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"{model_dir} is not a quality model dir (no {CONFIG_FILE})")
+            raise MissingError(f"{model_dir} is not a quality model dir (no {CONFIG_FILE})")
         config = json.loads(config_path.read_text("utf-8"))
         if config.get("format") != MODEL_FORMAT or config.get("version") != MODEL_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{config_path}: expected format {MODEL_FORMAT!r} version {MODEL_VERSION}, "
                 f"got {config.get('format')!r} version {config.get('version')}"
             )
@@ -253,7 +262,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     scores = np.asarray(scores, dtype=np.float64)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if not positives or not negatives:
-        raise ValueError("AUC needs both classes")
+        raise InputError("AUC needs both classes")
     order = np.argsort(scores, kind="stable")
     sorted_scores = scores[order]
     ranks = np.empty(len(scores))
@@ -351,8 +360,10 @@ def train_quality_model(
     skipped: list[str] = []
     good_texts, bad_texts = _read_texts(good, skipped), _read_texts(bad, skipped)
     if len(good_texts) < 2 or len(bad_texts) < 2:
-        raise ValueError(
-            f"need at least 2 good and 2 bad documents, got {len(good_texts)} and {len(bad_texts)}"
+        why = f"; {len(skipped)} bad records skipped, e.g. {skipped[0]}" if skipped else ""
+        raise InputError(
+            f"need at least 2 good and 2 bad documents, got {len(good_texts)} and "
+            f"{len(bad_texts)}{why}"
         )
     labels = np.array([True] * len(good_texts) + [False] * len(bad_texts))
     batch = SparseBatch.from_texts(good_texts + bad_texts, spec)
@@ -437,13 +448,20 @@ def _score_shard(
     scores: list[float] = []
     records = (record for _, record in shard_records(path, stats, rejects))
     bar = tqdm(desc=f"quality {path.name}", unit="doc", disable=not progress)
-    for chunk in _chunks(records, batch_docs):
-        for record, score in zip(chunk, model.predict([r["text"] for r in chunk]), strict=True):
-            record[field] = float(score)
-            out.write(record)
-            scores.append(float(score))
-        bar.update(len(chunk))
-    bar.close()
+    try:
+        for chunk in _chunks(records, batch_docs):
+            texts = [r["text"] for r in chunk]
+            for record, score in zip(chunk, model.predict(texts), strict=True):
+                record[field] = float(score)
+                out.write(record)
+                scores.append(float(score))
+            bar.update(len(chunk))
+    except BaseException:
+        out.abort()
+        rejects.abort()
+        raise
+    finally:
+        bar.close()
     stats.kept = out.count
     stats.extra = {"histogram": _histogram(scores, 0.0, 1.0), "score_sum": float(sum(scores))}
     out.commit()
@@ -458,12 +476,15 @@ def score_corpus(
     field: str = "quality",
     seed: int = 0,
     workers: int = 1,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Add a float `field` (probability of good) to every record of `inputs`; write `out`.
 
     Output: `out/shards`, `out/rejects`, `out/report.json`, `out/report.md` and a histogram
     of the scores, `out/quality_hist.png`. Scoring is deterministic; `seed` is recorded only.
+    A re-run with the same model (files unchanged), field, seed and inputs resumes; any other
+    is refused (`overwrite` redoes it; see `chuan.data.shards.StageRun`).
     """
     model = QualityModel.load(model_dir)  # fail early, before any shard starts
     work = functools.partial(
@@ -473,9 +494,14 @@ def score_corpus(
         batch_docs=256,
         progress=progress,
     )
-    stats = run_shards(inputs, out, work, workers=workers)
-    report = _scoring_report(stats, field, seed, model_dir, model.meta, (0.0, 1.0))
-    _write_scoring_report(Path(out), report, f"{field}_hist.png", f"P(good) ({field})")
+    settings = {"scorer": "quality", "model": dir_fingerprint(model_dir), "field": field}
+    settings["seed"] = seed
+    with StageRun(
+        inputs, out, stage="quality score", settings=settings, overwrite=overwrite
+    ) as run:
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        report = _scoring_report(stats, field, seed, model_dir, model.meta, (0.0, 1.0))
+        _write_scoring_report(Path(out), report, f"{field}_hist.png", f"P(good) ({field})")
     return report
 
 
@@ -556,7 +582,7 @@ def token_windows(ids: list[int], max_length: int) -> list[list[int]]:
     """Windows of at most `max_length` tokens, consecutive windows sharing one token, so each
     token after the first is a prediction target exactly once."""
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
+        raise InputError(f"max_length must be >= 2, got {max_length}")
     step = max_length - 1
     return [ids[start : start + max_length] for start in range(0, max(len(ids) - 1, 1), step)]
 
@@ -623,18 +649,24 @@ def _perplexity_shard(
     log10_ppl: list[float] = []
     bar = tqdm(desc=f"perplexity {path.name}", unit="doc", disable=not progress)
     records = (record for _, record in shard_records(path, stats, rejects))
-    for chunk in _chunks(records, batch_size * 8):
-        texts = [r["text"] for r in chunk]
-        nats = document_log_perplexities(
-            model, tokenizer, texts, batch_size=batch_size, max_length=max_length
-        )
-        for record, value in zip(chunk, nats, strict=True):
-            record[field] = None if value is None else math.exp(value)
-            out.write(record)
-            if value is not None:
-                log10_ppl.append(value / math.log(10))
-        bar.update(len(chunk))
-    bar.close()
+    try:
+        for chunk in _chunks(records, batch_size * 8):
+            texts = [r["text"] for r in chunk]
+            nats = document_log_perplexities(
+                model, tokenizer, texts, batch_size=batch_size, max_length=max_length
+            )
+            for record, value in zip(chunk, nats, strict=True):
+                record[field] = None if value is None else math.exp(value)
+                out.write(record)
+                if value is not None:
+                    log10_ppl.append(value / math.log(10))
+            bar.update(len(chunk))
+    except BaseException:
+        out.abort()
+        rejects.abort()
+        raise
+    finally:
+        bar.close()
     stats.kept = out.count
     stats.extra = {
         "histogram": _histogram(log10_ppl, *_LOG10_PPL_RANGE),
@@ -656,6 +688,7 @@ def score_perplexity(
     seed: int = 0,
     device: str = "cpu",
     workers: int = 1,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """CCNet-style scoring: add `field` = exp(mean token loss) of a causal LM to every record.
@@ -667,7 +700,9 @@ def score_perplexity(
     deterministic; `seed` is recorded only.
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
+        raise InputError(f"max_length must be >= 2, got {max_length}")
+    if not Path(model_dir).is_dir():
+        raise MissingError(f"{model_dir} is not a model dir (not found or not a dir)")
     work = functools.partial(
         _perplexity_shard,
         model_dir=str(Path(model_dir).resolve()),
@@ -677,9 +712,14 @@ def score_perplexity(
         device=device,
         progress=progress,
     )
-    stats = run_shards(inputs, out, work, workers=workers)
     meta = {"max_length": max_length, "batch_size": batch_size, "statistic": "log10(perplexity)"}
-    report = _scoring_report(stats, field, seed, model_dir, meta, _LOG10_PPL_RANGE)
-    report["unscored"] = sum(s.extra["unscored"] for s in stats)
-    _write_scoring_report(Path(out), report, f"{field}_hist.png", f"log10 {field}")
+    settings = {"scorer": "perplexity", "model": dir_fingerprint(model_dir), "field": field}
+    settings.update(max_length=max_length, seed=seed)
+    with StageRun(
+        inputs, out, stage="quality score", settings=settings, overwrite=overwrite
+    ) as run:
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        report = _scoring_report(stats, field, seed, model_dir, meta, _LOG10_PPL_RANGE)
+        report["unscored"] = sum(s.extra["unscored"] for s in stats)
+        _write_scoring_report(Path(out), report, f"{field}_hist.png", f"log10 {field}")
     return report

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from chuan.config import bounded
 from chuan.data.langid import HAN, LETTER
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +197,8 @@ def _outside(value: float, low: float, high: float) -> bool:
 class GenericRules:
     """Checks run on every document before language routing, so `other` text gets them too."""
 
-    min_letters: int = 20
-    max_mixed_alnum_words: float = 0.2
+    min_letters: int = bounded(20, ge=0)
+    max_mixed_alnum_words: float = bounded(0.2, ge=0, le=1)
 
 
 @dataclass
@@ -205,30 +206,30 @@ class EnglishRules:
     """English thresholds: Gopher quality + repetition, C4, RefinedWeb/FineWeb."""
 
     # Gopher quality
-    min_words: int = 50
-    max_words: int = 100_000
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    max_hash_ratio: float = 0.1
-    max_ellipsis_ratio: float = 0.1
-    max_bullet_lines: float = 0.9
-    max_ellipsis_lines: float = 0.3
-    min_alpha_words: float = 0.8
-    min_stop_words: int = 2
+    min_words: int = bounded(50, ge=0)
+    max_words: int = bounded(100_000, ge=0)
+    min_mean_word_length: float = bounded(3.0, ge=0)
+    max_mean_word_length: float = bounded(10.0, ge=0)
+    max_hash_ratio: float = bounded(0.1, ge=0)
+    max_ellipsis_ratio: float = bounded(0.1, ge=0)
+    max_bullet_lines: float = bounded(0.9, ge=0, le=1)
+    max_ellipsis_lines: float = bounded(0.3, ge=0, le=1)
+    min_alpha_words: float = bounded(0.8, ge=0, le=1)
+    min_stop_words: int = bounded(2, ge=0)
     # Gopher repetition
-    max_dup_lines: float = 0.3
-    max_dup_paragraphs: float = 0.3
-    max_dup_line_chars: float = 0.2
-    max_dup_paragraph_chars: float = 0.2
+    max_dup_lines: float = bounded(0.3, ge=0, le=1)
+    max_dup_paragraphs: float = bounded(0.3, ge=0, le=1)
+    max_dup_line_chars: float = bounded(0.2, ge=0, le=1)
+    max_dup_paragraph_chars: float = bounded(0.2, ge=0, le=1)
     max_top_ngram_chars: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
     max_dup_ngram_chars: list[float] = field(
         default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
     )
     # C4
-    max_curly_braces: int = 0
-    min_sentences: int = 5
-    min_line_words: int = 3
-    max_line_word_length: int = 1000
+    max_curly_braces: int = bounded(0, ge=0)
+    min_sentences: int = bounded(5, ge=0)
+    min_line_words: int = bounded(3, ge=0)
+    max_line_word_length: int = bounded(1000, ge=1)
     policy_phrases: list[str] = field(
         default_factory=lambda: [
             "terms of use",
@@ -240,7 +241,7 @@ class EnglishRules:
         ]
     )
     # RefinedWeb line corrections: short boiler-plate lines
-    max_boilerplate_line_words: int = 10
+    max_boilerplate_line_words: int = bounded(10, ge=0)
     boilerplate_phrases: list[str] = field(
         default_factory=lambda: [
             "sign in",
@@ -255,36 +256,36 @@ class EnglishRules:
             "subscribe",
         ]
     )
-    max_removed_word_share: float = 0.05
+    max_removed_word_share: float = bounded(0.05, ge=0, le=1)
     # FineWeb
-    min_terminal_punct_lines: float = 0.12
-    max_short_lines: float = 0.67
-    max_short_line_chars: int = 30
-    max_fineweb_dup_line_chars: float = 0.01
-    max_newlines_per_word: float = 0.3
+    min_terminal_punct_lines: float = bounded(0.12, ge=0, le=1)
+    max_short_lines: float = bounded(0.67, ge=0, le=1)
+    max_short_line_chars: int = bounded(30, ge=0)
+    max_fineweb_dup_line_chars: float = bounded(0.01, ge=0, le=1)
+    max_newlines_per_word: float = bounded(0.3, ge=0)
 
 
 @dataclass
 class ChineseRules:
     """Chinese thresholds: chuan's starting set from ChineseWebText, MAP-Neo and ROOTS."""
 
-    min_chars: int = 200
-    min_mean_line_chars: float = 10.0
-    min_han_share: float = 0.3
-    max_bracket_share: float = 0.1
-    max_digit_share: float = 0.3
-    max_readmore_lines: float = 0.3
-    max_bullet_lines: float = 0.9
-    min_punctuation_chars: int = 1
-    min_distinct_char_ratio: float = 0.1
-    min_char_entropy: float = 3.0
+    min_chars: int = bounded(200, ge=0)
+    min_mean_line_chars: float = bounded(10.0, ge=0)
+    min_han_share: float = bounded(0.3, ge=0, le=1)
+    max_bracket_share: float = bounded(0.1, ge=0, le=1)
+    max_digit_share: float = bounded(0.3, ge=0, le=1)
+    max_readmore_lines: float = bounded(0.3, ge=0, le=1)
+    max_bullet_lines: float = bounded(0.9, ge=0, le=1)
+    min_punctuation_chars: int = bounded(1, ge=0)
+    min_distinct_char_ratio: float = bounded(0.1, ge=0, le=1)
+    min_char_entropy: float = bounded(3.0, ge=0)
     max_top_ngram_chars: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
-    repetition_ngram: int = 13
-    max_ngram_repetition: float = 0.5
-    max_char3_repetition: float = 0.2
-    max_special_share: float = 0.3
+    repetition_ngram: int = bounded(13, ge=1)
+    max_ngram_repetition: float = bounded(0.5, ge=0, le=1)
+    max_char3_repetition: float = bounded(0.2, ge=0, le=1)
+    max_special_share: float = bounded(0.3, ge=0, le=1)
     # lines
-    min_line_han: int = 10
+    min_line_han: int = bounded(10, ge=0)
     boilerplate_patterns: list[str] = field(
         default_factory=lambda: [
             "版权所有",
@@ -303,7 +304,7 @@ class ChineseRules:
     readmore_endings: list[str] = field(
         default_factory=lambda: ["展开", "更多", "。。。", "阅读全文", "查看全文"]
     )
-    max_removed_char_share: float = 0.05
+    max_removed_char_share: float = bounded(0.05, ge=0, le=1)
 
 
 # ---------------------------------------------------------------------------------------------

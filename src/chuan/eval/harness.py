@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chuan.errors import DependencyError, InputError, MissingError
 from chuan.infer.loading import load_model, load_tokenizer
 
 INSTALL_HINT = "pip install 'chuan[eval]'"
@@ -23,7 +24,7 @@ def require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError as err:
-        raise ImportError(
+        raise DependencyError(
             f"lm-evaluation-harness (the `lm_eval` package) is not installed: {INSTALL_HINT}"
         ) from err
 
@@ -37,9 +38,9 @@ def task_manager(include_path: str | Path | None = None, *, builtin_tasks: bool 
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(f"--include-path {include_path} is not a directory")
+        raise MissingError(f"--include-path {include_path} is not a directory")
     if include_path is None and not builtin_tasks:
-        raise ValueError("without lm-eval's bundled tasks, --include-path must give the tasks")
+        raise InputError("without lm-eval's bundled tasks, --include-path must give the tasks")
     return TaskManager(
         include_path=None if include_path is None else str(include_path),
         include_defaults=builtin_tasks,
@@ -50,7 +51,7 @@ def resolve_tasks(manager, tasks: Sequence[str]) -> list[str]:
     """Task, group and tag names (glob patterns allowed), each of which must match."""
     missing = [task for task in tasks if not manager.match_tasks([task])]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"lm-eval tasks not found: {', '.join(missing)} (list them with `lm_eval ls tasks`; "
             "local YAML tasks need --include-path)"
         )
@@ -80,7 +81,7 @@ def run_harness(
     names = resolve_tasks(manager, tasks)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
-        raise FileNotFoundError(f"{model_dir} has no tokenizer files, which lm-eval needs")
+        raise MissingError(f"{model_dir} has no tokenizer files, which lm-eval needs")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

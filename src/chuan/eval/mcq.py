@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from chuan.errors import InputError, MissingError
 from chuan.eval import mcq_data, prompts
 from chuan.eval.mcq_data import LETTERS, McqItem
 from chuan.eval.prompts import PromptFormat
@@ -155,9 +156,9 @@ def choice_context(encoder: Encoder, prompt: str, separator: str) -> Choice:
         context, choice_ids = answered[0][:split], tuple(ids[split] for ids in answered)
     unknown = {None, getattr(encoder.tokenizer, "unk_token_id", None)}
     if len(set(choice_ids) - unknown) < len(LETTERS):
-        raise ValueError(f"the letters A-D have no four distinct tokens after {prompt[-40:]!r}")
+        raise InputError(f"the letters A-D have no four distinct tokens after {prompt[-40:]!r}")
     if not context:
-        raise ValueError("the prompt encodes to no tokens, so there is no position to score")
+        raise InputError("the prompt encodes to no tokens, so there is no position to score")
     shared = _shared_prefix(prompt_ids, context)
     if shared == len(context):  # the prompt alone reaches as far as the context, or further
         ids, variant_end = prompt_ids, len(prompt_ids)
@@ -421,7 +422,7 @@ def _load_questions(setup: McqSetup, log: Callable[[str], None]):
     dev = {}
     if setup.shots > 0:
         if "dev" not in mcq_data.available_splits(setup.data_dir):
-            raise FileNotFoundError(
+            raise MissingError(
                 f"{setup.shots}-shot prompts take their demos from {setup.data_dir}/dev, which "
                 "has no CSV files; add it or pass --shots 0"
             )
@@ -438,7 +439,7 @@ def _encoder(tokenizer, fmt: PromptFormat, chat: bool) -> Encoder:
         return Encoder(tokenizer, None, chat=True)
     bos = fmt.bos if fmt.bos is not None else bool(getattr(tokenizer, "add_bos_token", False))
     if bos and tokenizer.bos_token_id is None:
-        raise ValueError(f"preset {fmt.preset} leads with BOS but the tokenizer has none")
+        raise InputError(f"preset {fmt.preset} leads with BOS but the tokenizer has none")
     return Encoder(tokenizer, tokenizer.bos_token_id if bos else None)
 
 
@@ -491,9 +492,9 @@ def evaluate_loaded(
 ) -> dict:
     """Evaluate a loaded model; returns the result dict that `--json` writes."""
     if setup.task not in TASKS:
-        raise ValueError(f"unknown task {setup.task!r}; choose one of: {', '.join(TASKS)}")
+        raise InputError(f"unknown task {setup.task!r}; choose one of: {', '.join(TASKS)}")
     if setup.shots < 0 or setup.batch_size < 1:
-        raise ValueError(
+        raise InputError(
             f"--shots must be 0 or more and --batch-size 1 or more, got {setup.shots} and "
             f"{setup.batch_size}"
         )
@@ -571,7 +572,7 @@ def evaluate_mcq(
 
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
-        raise FileNotFoundError(f"{model_dir} has no tokenizer files; MCQ prompts are text")
+        raise MissingError(f"{model_dir} has no tokenizer files; MCQ prompts are text")
     model = load_model(model_dir, device=device, dtype=dtype)
     result = evaluate_loaded(
         model, tokenizer, setup, model_name=str(model_dir), progress=progress, log=log

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chuan.data.io import RecordError
+from chuan.errors import InputError, MissingError
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("test", "val", "dev")
@@ -70,7 +71,7 @@ def detect_layout(first_row: list[str]) -> Layout:
             kind = "0-based index" if is_index else "letter"
             label = f"header {','.join(first_row)} ({kind} answers)"
             return Layout(label, True, len(names), question, choices, answer, is_index)
-    raise ValueError(
+    raise InputError(
         f"header {first_row} names a question column but not the choice columns "
         "A,B,C,D or choice0..choice3"
     )
@@ -151,7 +152,7 @@ def default_split(root: str | Path) -> str:
     """test when `root` has it, else val, else dev (the splits the published numbers use)."""
     splits = available_splits(root)
     if not splits:
-        raise FileNotFoundError(f"{root} has no split folder (test/, val/ or dev/) with CSV files")
+        raise MissingError(f"{root} has no split folder (test/, val/ or dev/) with CSV files")
     return splits[0]
 
 
@@ -164,10 +165,10 @@ def subject_files(root: str | Path, split: str) -> dict[str, Path]:
     """Subject name -> its CSV file in `root/split`, sorted by name."""
     folder = Path(root) / split
     if not folder.is_dir():
-        raise FileNotFoundError(f"no {split}/ folder in {root} (found: {available_splits(root)})")
+        raise MissingError(f"no {split}/ folder in {root} (found: {available_splits(root)})")
     files = {subject_of(p, split): p for p in sorted(folder.glob("*.csv"))}
     if not files:
-        raise FileNotFoundError(f"{folder} holds no CSV files")
+        raise MissingError(f"{folder} holds no CSV files")
     return dict(sorted(files.items()))
 
 
@@ -179,7 +180,7 @@ def load_split(
     if subjects:
         missing = sorted(set(subjects) - set(files))
         if missing:
-            raise FileNotFoundError(
+            raise MissingError(
                 f"no {split} file for subject(s) {', '.join(missing)} in {Path(root) / split}"
             )
         files = {s: files[s] for s in sorted(set(subjects))}
@@ -190,7 +191,7 @@ def require_answers(data: dict[str, list[McqItem]], split: str) -> None:
     """Scoring needs gold letters: say which file lacks them and what to do instead."""
     for items in data.values():
         if items and items[0].answer is None:
-            raise ValueError(
+            raise InputError(
                 f"{items[0].path} has no answer column, so the {split} split cannot be scored "
                 "here (C-Eval's test answers are not public: score --split val, or submit "
                 "predictions to the C-Eval leaderboard)"

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chuan.data.io import RecordError, corpus_files, format_of, iter_records, open_text, to_document
+from chuan.errors import InputError, MissingError
 from chuan.model.nll import sequence_nats
 
 
@@ -88,7 +89,7 @@ class PerplexityReport:
 def context_token_id(tokenizer) -> tuple[int, str]:
     """BOS when the tokenizer adds BOS itself, else EOS (see the module doc)."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token, which ends every scored document")
+        raise InputError("the tokenizer has no EOS token, which ends every scored document")
     bos = tokenizer.bos_token_id
     if bos is not None and tokenizer.encode("a")[:1] == [bos]:
         return bos, "bos"
@@ -263,13 +264,13 @@ def compare_perplexity(
     source = tokenizer_dir or next(iter(model_dirs.values()))
     tokenizer = load_tokenizer(source)
     if tokenizer is None:
-        raise FileNotFoundError(f"{source} has no tokenizer files, which perplexity needs")
+        raise MissingError(f"{source} has no tokenizer files, which perplexity needs")
     by_file, rejects = read_text_files([text_file], lines=True)
     if rejects:
-        raise ValueError(f"{rejects[0]} (fix or remove that line)")
+        raise InputError(f"{rejects[0]} (fix or remove that line)")
     texts = first_documents(next(iter(by_file.values())), tokenizer, max_tokens)
     if not texts:
-        raise ValueError(f"{text_file}: no non-empty line to evaluate on")
+        raise InputError(f"{text_file}: no non-empty line to evaluate on")
     result: dict = {"text": str(text_file)}
     for label, model_dir in model_dirs.items():
         model = load_model(model_dir, device=device)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chuan.errors import InputError
 from chuan.eval.mcq_data import LETTERS, McqItem
 from chuan.eval.subjects import CEVAL, CMMLU, MMLU, chinese_name
 
@@ -58,7 +59,7 @@ class PromptFormat:
     def demo(self, item: McqItem) -> str:
         """A solved example: the query, the separator, the gold letter, the tail."""
         if item.answer is None:
-            raise ValueError(f"{item.path}:{item.line}: a few-shot demo needs an answer")
+            raise InputError(f"{item.path}:{item.line}: a few-shot demo needs an answer")
         return self.query(item) + self.separator + item.answer + self.demo_tail
 
 
@@ -230,10 +231,10 @@ SOURCES = {
 def prompt_format(preset: str, task: str) -> PromptFormat:
     """The format of `preset` for `task`; an unknown or unsupported pair is a ValueError."""
     if preset not in _FORMATS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if task not in _FORMATS[preset]:
         usable = [name for name, tasks in _FORMATS.items() if task in tasks]
-        raise ValueError(
+        raise InputError(
             f"preset {preset!r} has no {task} prompt (no reference implementation); "
             f"for {task} choose one of: {', '.join(usable)}"
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chuan.errors import InputError
 from chuan.fileio import write_atomic
 
 MIN_POINTS = 3  # three parameters
@@ -56,13 +57,13 @@ def _number(text: str, where: str, column: str, *, optional: bool = False) -> fl
     if not text:
         if optional:
             return None
-        raise ValueError(f"{where}: column '{column}' is empty")
+        raise InputError(f"{where}: column '{column}' is empty")
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where}: column '{column}': {text!r} is not a number") from None
+        raise InputError(f"{where}: column '{column}': {text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where}: column '{column}' must be a positive number, got {text}")
+        raise InputError(f"{where}: column '{column}' must be a positive number, got {text}")
     return value
 
 
@@ -74,7 +75,7 @@ def read_runs(path: str | Path, loss_column: str = "eval_loss") -> list[RunPoint
         columns = reader.fieldnames or []
         missing = [c for c in ("name", "flops", loss_column) if c not in columns]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{path}: no column '{missing[0]}' (columns: {', '.join(columns) or 'none'})"
             )
         points = []
@@ -91,7 +92,7 @@ def read_runs(path: str | Path, loss_column: str = "eval_loss") -> list[RunPoint
                 )
             )
     if not points:
-        raise ValueError(f"{path}: no runs (only a header)")
+        raise InputError(f"{path}: no runs (only a header)")
     return points
 
 

@@ -22,6 +22,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from chuan.config import ConfigError, from_dict, load_config, to_dict
+from chuan.errors import InputError
 from chuan.fileio import write_atomic
 from chuan.train.config import PretrainConfig
 
@@ -312,7 +314,7 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
                 )
             )
     if not runs:
-        raise ValueError(f"every grid point is shorter than min_steps={cfg.min_steps}")
+        raise InputError(f"every grid point is shorter than min_steps={cfg.min_steps}")
     runs.sort(key=lambda r: (r.flops, r.name))
     return SweepPlan(runs, left_out, info)
 
@@ -348,6 +350,7 @@ class SweepResult:
     skipped: int  # runs finished by an earlier call
     interrupted: bool
     left_out: list[str]
+    signal: int | None = None  # what stopped an interrupted sweep; `chuan` exits 128 + it
 
 
 def _without_out(config: dict) -> dict:
@@ -376,7 +379,7 @@ def _check_same_recipe(run: PlannedRun, run_dir: Path) -> None:
     saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     difference = _first_difference(_without_out(saved), _without_out(to_dict(run.config)))
     if difference:
-        raise ValueError(
+        raise InputError(
             f"{run_dir} was trained with another recipe ({difference}); delete that dir, or "
             "give the sweep another `out`"
         )
@@ -415,8 +418,8 @@ def _row(run: PlannedRun, result, wall: float, window: float, info: DataInfo) ->
     }
 
 
-def _train(run: PlannedRun, cfg: SweepConfig, info: DataInfo) -> dict | None:
-    """Train (or resume) one run; its CSV row, or None when a signal stopped it."""
+def _train(run: PlannedRun, cfg: SweepConfig, info: DataInfo) -> dict | int:
+    """Train (or resume) one run; its CSV row, or the number of the signal that stopped it."""
     from chuan.train.loop import pretrain
 
     run_dir = Path(run.config.out)
@@ -425,7 +428,7 @@ def _train(run: PlannedRun, cfg: SweepConfig, info: DataInfo) -> dict | None:
     start = time.perf_counter()
     result = pretrain(run.config, resume="auto")
     if result.interrupted:
-        return None
+        return result.signal or signal.SIGTERM
     row = _row(run, result, time.perf_counter() - start, cfg.train_loss_window, info)
     write_atomic(run_dir / RUN_FILE, json.dumps(row, indent=2))
     return row
@@ -453,7 +456,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     write_atomic(out / "plan.md", plan_table(plan))
     rows: list[dict] = []
     trained = skipped = 0
-    interrupted = False
+    stopped_by = None
     bar = tqdm(
         total=sum(r.flops for r in plan.runs),
         unit="FLOP",
@@ -472,8 +475,8 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                 skipped += 1
             else:
                 row = _train(run, cfg, plan.data)
-                if row is None:
-                    interrupted = True
+                if isinstance(row, int):
+                    stopped_by = row
                     break
                 rows.append(row)
                 trained += 1
@@ -484,7 +487,8 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
             write_runs_csv(out / "runs.csv", rows)
     finally:
         bar.close()
-    result = SweepResult(out, rows, trained, skipped, interrupted, plan.left_out)
+    interrupted = stopped_by is not None
+    result = SweepResult(out, rows, trained, skipped, interrupted, plan.left_out, stopped_by)
     _write_report(result, plan)
     return result
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from chuan.errors import InputError
+
 
 class KVCache:
     """Per-layer key/value buffers of a fixed length, filled left to right.
@@ -23,7 +25,7 @@ class KVCache:
 
     def __init__(self, num_layers: int, max_len: int):
         if max_len < 1:
-            raise ValueError(f"max_len must be at least 1, got {max_len}")
+            raise InputError(f"max_len must be at least 1, got {max_len}")
         self.max_len = max_len
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
@@ -44,7 +46,7 @@ class KVCache:
         start = self.lengths[layer_idx]
         end = start + key.shape[2]
         if end > self.max_len:
-            raise ValueError(
+            raise InputError(
                 f"the KV cache holds {self.max_len} positions; layer {layer_idx} needs {end}"
             )
         keys, values = self.keys[layer_idx], self.values[layer_idx]

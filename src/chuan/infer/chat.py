@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from chuan.errors import InputError
 from chuan.infer.generate import stream_tokens
 from chuan.infer.sampling import SamplingConfig, describe, eos_stop_ids, generation_defaults
 from chuan.infer.text import TextStream
@@ -34,15 +35,15 @@ ROLES = ("system", "user", "assistant")
 
 def _check_messages(messages: Sequence[dict]) -> None:
     if not messages:
-        raise ValueError("no messages given")
+        raise InputError("no messages given")
     for index, message in enumerate(messages):
         role = message.get("role")
         if role not in ROLES:
-            raise ValueError(f"message {index}: role must be one of {ROLES}, got {role!r}")
+            raise InputError(f"message {index}: role must be one of {ROLES}, got {role!r}")
         if not isinstance(message.get("content"), str):
-            raise ValueError(f"message {index}: content must be a string")
+            raise InputError(f"message {index}: content must be a string")
         if role == "system" and index != 0:
-            raise ValueError(f"message {index}: a system message may only come first")
+            raise InputError(f"message {index}: a system message may only come first")
 
 
 def _check_role_ids(tokenizer, role_ids: Sequence[int]) -> None:
@@ -51,7 +52,7 @@ def _check_role_ids(tokenizer, role_ids: Sequence[int]) -> None:
     for token_id in role_ids:
         piece = tokenizer.convert_ids_to_tokens(token_id)
         if not (isinstance(piece, str) and piece.startswith("<reserved_")):
-            raise ValueError(
+            raise InputError(
                 f"the tokenizer's id {token_id} is {piece!r}, not a <reserved_N> piece: it has "
                 "no Baichuan chat role tokens (train it with `chuan tokenizer train`)"
             )
@@ -84,7 +85,7 @@ def build_chat_input(
     _check_role_ids(tokenizer, (user_token_id, assistant_token_id))
     max_input_tokens = model_max_length - max_new_tokens
     if max_input_tokens < 1:
-        raise ValueError(
+        raise InputError(
             f"max_new_tokens={max_new_tokens} leaves no room for the prompt in "
             f"model_max_length={model_max_length}"
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from chuan.errors import InputError, MissingError
 from chuan.infer.generate import BatchDecoder, SamplingConfig
 from chuan.infer.text import TextStream
 
@@ -202,7 +203,7 @@ class Engine:
         admit_wait: float = 0.02,
     ):
         if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+            raise InputError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model
         self.tokenizer = tokenizer
         self.defaults = defaults
@@ -321,6 +322,6 @@ def load_engine(
 
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
-        raise FileNotFoundError(f"{model_dir} has no tokenizer files; chuan serve needs text")
+        raise MissingError(f"{model_dir} has no tokenizer files; chuan serve needs text")
     model = load_model(model_dir, device=device, dtype=dtype)
     return Engine(model, tokenizer, defaults=generation_defaults(model_dir), max_batch=max_batch)

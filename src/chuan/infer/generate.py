@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from chuan.errors import InputError
 from chuan.infer.cache import KVCache
 from chuan.infer.sampling import SamplingConfig, TokenChooser
 
@@ -55,18 +56,51 @@ def _compiled_decode_logits():
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
     if not prompts:
-        raise ValueError("no prompts given")
+        raise InputError("no prompts given")
     if any(isinstance(p, int) for p in prompts):
-        raise ValueError("prompts must be a list of token-id lists: wrap one prompt as [ids]")
+        raise InputError("prompts must be a list of token-id lists: wrap one prompt as [ids]")
     for index, prompt in enumerate(prompts):
         if not prompt:
-            raise ValueError(f"prompt {index} is empty: give at least one token id (e.g. BOS)")
+            raise InputError(f"prompt {index} is empty: give at least one token id (e.g. BOS)")
         bad = [t for t in prompt if not 0 <= t < vocab_size]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"prompt {index} has token ids outside the vocabulary (0..{vocab_size - 1}): "
                 f"{bad[:5]}"
             )
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The model's context in tokens (`model_max_length`, else `max_position_embeddings`)."""
+    config = model.config
+    return getattr(config, "model_max_length", None) or getattr(
+        config, "max_position_embeddings", None
+    )
+
+
+def _check_room(
+    prompts: Sequence[Sequence[int]], configs: Sequence[SamplingConfig], context: int | None
+) -> None:
+    """Refuse a row whose prompt and token budget do not fit the model's context: positions
+    past it were never trained (RoPE) or have no mask (ALiBi), so the output would be
+    garbage. Nothing is cut silently; the message gives the numbers and the way out."""
+    if context is None:
+        return
+    for index, (prompt, cfg) in enumerate(zip(prompts, configs, strict=True)):
+        if len(prompt) + cfg.max_new_tokens <= context:
+            continue
+        name = "the prompt" if len(prompts) == 1 else f"prompt {index}"
+        if len(prompt) >= context:
+            raise InputError(
+                f"{name} is {len(prompt)} tokens, which leaves no room in the model's "
+                f"context of {context} tokens; shorten the prompt to under {context} tokens"
+            )
+        raise InputError(
+            f"{name} ({len(prompt)} tokens) plus max_new_tokens {cfg.max_new_tokens} "
+            f"is {len(prompt) + cfg.max_new_tokens} tokens, more than the model's context of "
+            f"{context} tokens; lower max_new_tokens (--max-new-tokens) to at most "
+            f"{context - len(prompt)} or shorten the prompt"
+        )
 
 
 class BatchDecoder:
@@ -88,7 +122,8 @@ class BatchDecoder:
     ):
         _check_prompts(prompts, model.config.vocab_size)
         if len(configs) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(configs)} sampling configs")
+            raise InputError(f"{len(prompts)} prompts but {len(configs)} sampling configs")
+        _check_room(prompts, configs, context_length(model))
         self.model = model
         self.configs = list(configs)
         device = next(model.parameters()).device

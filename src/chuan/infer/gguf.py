@@ -26,6 +26,7 @@ import gguf
 import numpy as np
 import torch
 
+from chuan.errors import InputError, OutputExistsError
 from chuan.fileio import atomic_file
 from chuan.infer.quantize import read_source
 from chuan.model.config import BaichuanConfig
@@ -61,7 +62,7 @@ def gguf_tensors(config: BaichuanConfig, state: dict[str, torch.Tensor], outtype
     for key, tensor in weights.items():
         name = names.get_name(key, try_suffixes=(".weight",))
         if name is None:
-            raise ValueError(f"no GGUF name for weight {key!r}")
+            raise InputError(f"no GGUF name for weight {key!r}")
         projection = key.split(".")[-2]
         if projection in heads:
             tensor = rope_halves_to_pairs(tensor, heads[projection])
@@ -77,7 +78,7 @@ def tokenizer_vocab(
     pieces of `proto`, `added_tokens.json` entries in `src_dir` as USER_DEFINED, unused ids
     padded as `[PAD{id}]` UNUSED)."""
     if len(proto.pieces) > vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{src_dir}/tokenizer.model has {len(proto.pieces):,} pieces but the model only "
             f"{vocab_size:,} embedding rows"
         )
@@ -91,7 +92,7 @@ def tokenizer_vocab(
     if added.is_file():
         for text, index in json.loads(added.read_text(encoding="utf-8")).items():
             if not 0 <= index < vocab_size:
-                raise ValueError(f"{added}: token {text!r} has id {index} outside the vocabulary")
+                raise InputError(f"{added}: token {text!r} has id {index} outside the vocabulary")
             tokens[index] = text.encode("utf-8")
             scores[index] = _EXTRA_TOKEN_SCORE
             types[index] = int(gguf.TokenType.USER_DEFINED)
@@ -154,12 +155,14 @@ def export_gguf(
     f32); quantize further with llama.cpp's `llama-quantize`."""
     src_dir, out_path = Path(src_dir), Path(out_path)
     if outtype not in OUTTYPES:
-        raise ValueError(f"outtype must be one of {sorted(OUTTYPES)}, got {outtype!r}")
+        raise InputError(f"outtype must be one of {sorted(OUTTYPES)}, got {outtype!r}")
     if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path} already exists; choose another path or pass --overwrite")
+        raise OutputExistsError(
+            f"{out_path} already exists; choose another path or pass --overwrite"
+        )
     config, state = read_source(src_dir)
     if config.position_encoding != "rope":
-        raise ValueError(
+        raise InputError(
             f"{src_dir} uses ALiBi (the 13B family): GGUF export covers RoPE models only, "
             "as the llama architecture has no ALiBi"
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from chuan.errors import InputError
 from chuan.model.checkpoint import TOKENIZER_FILES, read_config_dict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -29,7 +30,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -59,6 +60,8 @@ def load_tokenizer(model_dir: str | Path):
     """The tokenizer saved in `model_dir`, or None when it has no tokenizer files."""
     from transformers import AutoTokenizer
 
+    if not Path(model_dir).is_dir():
+        read_config_dict(model_dir)  # raises "no such model dir", naming the path
     if not any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES[:2]):
         return None
     return AutoTokenizer.from_pretrained(str(model_dir))

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from chuan.errors import InputError
+
 # Fields that describe the caller or storage, never the generated text.
 IGNORED_FIELDS = frozenset(
     {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
@@ -65,7 +67,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _stop_not_empty(cls, stop: list[str]) -> list[str]:
         if not all(stop):
-            raise ValueError("stop strings must not be empty")
+            raise InputError("stop strings must not be empty")
         return stop
 
     def unsupported_field(self) -> str | None:
@@ -118,7 +120,7 @@ class ChatCompletionRequest(GenerationRequest):
     def _system_first(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
         for i, message in enumerate(messages[1:], start=1):
             if message.as_baichuan()["role"] == "system":
-                raise ValueError(f"message {i} is a system message; only the first may be")
+                raise InputError(f"message {i} is a system message; only the first may be")
         return messages
 
     @property
@@ -149,7 +151,7 @@ class CompletionRequest(GenerationRequest):
         )
         batch = isinstance(prompt, list) and bool(prompt) and all(map(_is_ids, prompt))
         if not (isinstance(prompt, str) or texts or _is_ids(prompt) or batch):
-            raise ValueError(
+            raise InputError(
                 "must be a string, a non-empty list of strings, a non-empty list of "
                 "token ids (ints >= 0), or a non-empty list of such lists"
             )

@@ -43,6 +43,7 @@ from transformers.quantizers import HfQuantizer, register_quantization_config, r
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from chuan.errors import InputError
 from chuan.fileio import write_atomic
 from chuan.model.checkpoint import read_config_dict, read_state_dict, write_model_dir
 from chuan.model.config import BaichuanConfig
@@ -83,16 +84,16 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
-            raise ValueError(f"bits must be 8 or 4, got {self.bits}")
+            raise InputError(f"bits must be 8 or 4, got {self.bits}")
         if self.bits == 8 and self.group_size is not None:
-            raise ValueError("int8 is per output channel: --group-size applies to --bits 4 only")
+            raise InputError("int8 is per output channel: --group-size applies to --bits 4 only")
         if self.bits == 4 and (
             self.group_size is None or self.group_size < 2 or self.group_size % 2
         ):
-            raise ValueError(f"int4 needs an even group size >= 2, got {self.group_size}")
+            raise InputError(f"int4 needs an even group size >= 2, got {self.group_size}")
         unknown = set(self.modules) - set(TARGET_MODULES)
         if unknown:
-            raise ValueError(f"cannot quantize {sorted(unknown)}; targets are {TARGET_MODULES}")
+            raise InputError(f"cannot quantize {sorted(unknown)}; targets are {TARGET_MODULES}")
 
     @property
     def scheme(self) -> str:
@@ -118,26 +119,26 @@ class QuantSpec:
         if hasattr(quant, "to_dict"):
             quant = quant.to_dict()
         if not quant or quant.get("quant_method") != QUANT_METHOD:
-            raise ValueError(f"{where}: quantization_config.quant_method is not {QUANT_METHOD!r}")
+            raise InputError(f"{where}: quantization_config.quant_method is not {QUANT_METHOD!r}")
         if quant.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{where}: quantization_config.format_version {quant['format_version']} is newer "
                 f"than this chuan reads ({FORMAT_VERSION}); upgrade chuan"
             )
         try:
             return cls(int(quant["bits"]), quant.get("group_size"), tuple(quant["modules"]))
         except KeyError as err:
-            raise ValueError(f"{where}: quantization_config has no field {err}") from None
+            raise InputError(f"{where}: quantization_config has no field {err}") from None
         except ValueError as err:
-            raise ValueError(f"{where}: quantization_config: {err}") from None
+            raise InputError(f"{where}: quantization_config: {err}") from None
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """`[N, K]` codes in 0..15 -> `[N, K/2]` uint8, column 2j in the low nibble."""
     if codes.shape[-1] % 2:
-        raise ValueError(f"int4 packing needs an even number of columns, got {codes.shape[-1]}")
+        raise InputError(f"int4 packing needs an even number of columns, got {codes.shape[-1]}")
     if codes.numel() and (codes.min() < 0 or codes.max() > 15):
-        raise ValueError("int4 codes must lie in 0..15")
+        raise InputError("int4 codes must lie in 0..15")
     codes = codes.to(torch.uint8)
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
@@ -164,7 +165,7 @@ def quantize_int4(
     dequantizing the stored values is what was optimised."""
     n, k = weight.shape
     if k % group_size:
-        raise ValueError(f"input size {k} is not a multiple of the int4 group size {group_size}")
+        raise InputError(f"input size {k} is not a multiple of the int4 group size {group_size}")
     w = weight.float().view(n, k // group_size, group_size)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
     scales = ((high - low) / 15).to(INT4_SCALE_DTYPE)
@@ -190,7 +191,7 @@ class QLinear(nn.Module):
             self.register_buffer("scales", torch.empty(out_features))
         else:
             if in_features % spec.group_size:
-                raise ValueError(
+                raise InputError(
                     f"input size {in_features} is not a multiple of the int4 group size "
                     f"{spec.group_size}"
                 )
@@ -205,7 +206,7 @@ class QLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> QLinear:
         if linear.bias is not None:
-            raise ValueError("QLinear supports bias-free Linears only (Baichuan has no biases)")
+            raise InputError("QLinear supports bias-free Linears only (Baichuan has no biases)")
         with torch.device(linear.weight.device):
             module = cls(linear.in_features, linear.out_features, spec)
         weight = linear.weight.detach()
@@ -331,7 +332,7 @@ def quantize_model(
     """
     targets = _target_linears(model, spec)
     if not targets:
-        raise ValueError(f"the model has none of the target Linears {spec.modules}")
+        raise InputError(f"the model has none of the target Linears {spec.modules}")
     errors: dict[str, list[float]] = {name: [] for name in spec.modules}
     for parent, name in tqdm(targets, desc="quantize", unit="linear", disable=not progress):
         linear = getattr(parent, name)
@@ -350,12 +351,12 @@ def read_source(src: str | Path) -> tuple[BaichuanConfig, dict[str, torch.Tensor
     """Config and state dict of an unquantized Baichuan / chuan or HF LLaMA model dir."""
     raw = read_config_dict(src)
     if (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD:
-        raise ValueError(f"{src} is already quantized by chuan; start from the unquantized model")
+        raise InputError(f"{src} is already quantized by chuan; start from the unquantized model")
     if raw.get("model_type") == "llama":
         return llama_to_baichuan(raw, read_state_dict(src))
     if raw.get("model_type") == "baichuan":
         return BaichuanConfig.from_pretrained(src), read_state_dict(src)
-    raise ValueError(
+    raise InputError(
         f"{src}/config.json has model_type {raw.get('model_type')!r}; chuan quantizes "
         "'baichuan' and 'llama' model dirs"
     )
@@ -386,7 +387,7 @@ def build_model(
     missing, unexpected = model.load_state_dict(state, strict=False, assign=device is None)
     tied = config.tie_word_embeddings and missing == ["lm_head.weight"]
     if (missing and not tied) or unexpected:
-        raise ValueError(
+        raise InputError(
             f"{where}: weights do not fit the config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from chuan.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Baichuan 2 chat models' generation_config.json (Hugging Face repos
@@ -69,7 +71,7 @@ class SamplingConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
     @property
     def greedy(self) -> bool:
@@ -117,7 +119,7 @@ def generation_defaults(model_dir: str | Path | None) -> SamplingConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
             cfg = sampling_config_from_dict(data)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise InputError(f"{path}: {err}") from err
         source = str(path)
     log.info("generation settings from %s: %s", source, describe(cfg))
     return cfg

@@ -315,17 +315,23 @@ async def _until_disconnected(request: Request) -> None:
 
 
 async def _collect_unless_gone(job: Job, request: Request) -> list[_Choice] | None:
-    """The job's choices, or None (and the job cancelled) when the client hangs up first."""
+    """The job's choices, or None (and the job cancelled) when the client hangs up first.
+
+    `Task.cancel()` only requests the cancellation (the task is not `cancelled()` until it
+    runs again), so "the client went first" is read as "collecting had not finished", never
+    from `cancelled()`: asking an unfinished task for its `result()` raises
+    `InvalidStateError`."""
     collecting = asyncio.ensure_future(_collect(job))
     watching = asyncio.ensure_future(_until_disconnected(request))
     try:
         await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
-        if not collecting.done():
+        finished = collecting.done()
+        if not finished:
             job.cancel()
             collecting.cancel()
-    if collecting.cancelled():
+    if not finished or collecting.cancelled():
         return None
     try:
         return collecting.result()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from chuan.errors import InputError
+
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -33,7 +35,7 @@ class TextStream:
         skip_special_tokens: bool = True,
     ):
         if any(not s for s in stop_strings):
-            raise ValueError("stop strings must not be empty")
+            raise InputError("stop strings must not be empty")
         self.tokenizer = tokenizer
         self.stop_strings = tuple(stop_strings)
         self.skip_special_tokens = skip_special_tokens

@@ -14,6 +14,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 from transformers import GenerationConfig, PreTrainedConfig
 
+from chuan.errors import InputError, MissingError
 from chuan.fileio import atomic_dir
 from chuan.model.config import BaichuanConfig
 from chuan.model.modeling import BaichuanForCausalLM
@@ -28,42 +29,225 @@ TOKENIZER_FILES = (
 )
 # Recomputed from positions, never loaded (Baichuan-7B v1 stored it as a buffer).
 _SKIPPED_KEYS = ("rotary_emb.inv_freq",)
+# The config.json fields that set the weights' shapes (named when a shape does not fit).
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+def _no_such_dir(model_dir: str | Path) -> MissingError:
+    what = "is a file, not a model dir" if Path(model_dir).exists() else "no such model dir"
+    return MissingError(
+        f"{model_dir}: {what} (a dir with config.json and weights, such as "
+        "`chuan model init` or `chuan pretrain` writes); check the path"
+    )
 
 
 def read_config_dict(model_dir: str | Path) -> dict:
-    """The raw `config.json` of a model dir, with a clear error when it is missing."""
-    path = Path(model_dir) / "config.json"
+    """The raw `config.json` of a model dir: a missing dir or file, unparseable JSON or
+    anything but a JSON object is an error naming the path."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise _no_such_dir(model_dir)
+    path = model_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {model_dir} is not a Hugging Face model dir")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        raise MissingError(f"{path} not found: {model_dir} is not a Hugging Face model dir")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{path} is not UTF-8 text ({err}); restore the model's config.json"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "fix or restore the model's config.json"
+        ) from None
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"{path} must hold a JSON object of config fields, found a {type(raw).__name__}; "
+            "restore the model's config.json"
+        )
+    return raw
+
+
+def read_config(model_dir: str | Path) -> BaichuanConfig:
+    """The `BaichuanConfig` of a Baichuan / chuan model dir; a bad field is an error naming
+    `config.json`'s path and the field."""
+    read_config_dict(model_dir)  # the dir, the file and the JSON, each with its own message
+    path = Path(model_dir) / "config.json"
+    try:
+        return BaichuanConfig.from_pretrained(str(model_dir))
+    except (InputError, TypeError, ValueError, KeyError) as err:
+        raise InputError(f"{path}: {err}; fix the field or restore the config.json") from None
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = model_dir / index_name
         if index.is_file():
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            try:
+                with open(index, encoding="utf-8") as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise InputError(
+                    f"{index} is not a weight index (a JSON object with a `weight_map`: "
+                    f"{type(err).__name__}: {err}); restore it from the model's source"
+                ) from None
+            missing = [s for s in shards if not (model_dir / s).is_file()]
+            if missing:
+                raise MissingError(
+                    f"{index} names weight files that are not in {model_dir}: {missing[:3]}; "
+                    "copy the whole model dir"
+                )
             return [model_dir / s for s in shards]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (model_dir / name).is_file():
             return [model_dir / name]
-    raise FileNotFoundError(
+    if not model_dir.is_dir():
+        raise _no_such_dir(model_dir)
+    raise MissingError(
         f"no weights in {model_dir}: expected model.safetensors, pytorch_model.bin or a "
         "sharded index"
     )
 
 
-def read_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a model dir, from single or sharded safetensors / `.bin` files."""
+def _read_tensors(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Every tensor of the dir and the file each came from."""
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(Path(model_dir)):
-        if file.suffix == ".safetensors":
-            state.update(load_file(file))
+    origin: dict[str, Path] = {}
+    for file in _weight_files(model_dir):
+        try:
+            if file.suffix == ".safetensors":
+                tensors = load_file(file)
+            else:
+                tensors = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # safetensors / pickle errors have no common base class
+            raise InputError(
+                f"{file} cannot be read as weights ({type(err).__name__}: {err}); the file "
+                "is damaged or incomplete: copy or download it again"
+            ) from None
+        state.update(tensors)
+        origin.update(dict.fromkeys(tensors, file))
+    kept = {k: v for k, v in state.items() if not k.endswith(_SKIPPED_KEYS)}
+    return kept, origin
+
+
+def read_state_dict(model_dir: str | Path, *, check: bool = True) -> dict[str, torch.Tensor]:
+    """All tensors of a model dir, from single or sharded safetensors / `.bin` files.
+
+    With `check` (the default) the tensors are checked against `config.json` first (see
+    `check_weights`), so weights that do not fit their config are an error naming the file,
+    the tensor and both shapes, whichever verb reads them.
+    """
+    model_dir = Path(model_dir)
+    raw = read_config_dict(model_dir) if check else None
+    state, origin = _read_tensors(model_dir)
+    if raw is not None:
+        check_weights(model_dir, raw, state, origin)
+    return state
+
+
+def _int_field(raw: dict, name: str, path: Path, default: int | None = None) -> int:
+    value = raw.get(name, default)
+    if value is None:
+        raise InputError(f"{path}: field {name} is missing; restore the model's config.json")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(
+            f"{path}: field {name} must be a whole number of at least 1, got {value!r}; "
+            "fix the field or restore the config.json"
+        )
+    return value
+
+
+def expected_shapes(raw: dict, path: Path) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The tensors a `config.json` (Baichuan or HF LLaMA, as `raw`) calls for: their shapes,
+    and the keys that may be absent (a tied `lm_head`)."""
+    llama = raw.get("model_type") == "llama"
+    if llama:
+        heads = _int_field(raw, "num_attention_heads", path)
+        fields = {
+            name: _int_field(raw, name, path)
+            for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        }
+        kv_heads = _int_field(raw, "num_key_value_heads", path, heads)
+        head_dim = _int_field(raw, "head_dim", path, fields["hidden_size"] // heads or 1)
+        tied = bool(raw.get("tie_word_embeddings", False))
+    else:
+        config = read_config(path.parent)
+        heads, kv_heads, head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        fields = {
+            name: getattr(config, name)
+            for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
+        }
+        tied = bool(config.tie_word_embeddings)
+    vocab, hidden, inner = fields["vocab_size"], fields["hidden_size"], fields["intermediate_size"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(fields["num_hidden_layers"]):
+        layer = f"model.layers.{i}."
+        attn = {"o_proj": (hidden, heads * head_dim)}
+        if llama:
+            attn |= {"q_proj": (heads * head_dim, hidden)}
+            attn |= dict.fromkeys(("k_proj", "v_proj"), (kv_heads * head_dim, hidden))
         else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-    return {k: v for k, v in state.items() if not k.endswith(_SKIPPED_KEYS)}
+            attn["W_pack"] = ((heads + 2 * kv_heads) * head_dim, hidden)
+        shapes |= {f"{layer}self_attn.{name}.weight": shape for name, shape in attn.items()}
+        shapes |= {
+            f"{layer}mlp.gate_proj.weight": (inner, hidden),
+            f"{layer}mlp.up_proj.weight": (inner, hidden),
+            f"{layer}mlp.down_proj.weight": (hidden, inner),
+            f"{layer}input_layernorm.weight": (hidden,),
+            f"{layer}post_attention_layernorm.weight": (hidden,),
+        }
+    return shapes, {"lm_head.weight"} if tied else set()
+
+
+def check_weights(
+    model_dir: Path, raw: dict, state: dict[str, torch.Tensor], origin: dict[str, Path]
+) -> None:
+    """Refuse weights that do not fit `config.json`: a tensor of another shape, a missing or
+    an unknown tensor. Quantized dirs and model types chuan does not read pass unchecked
+    (their own loaders check them)."""
+    if raw.get("model_type") not in ("baichuan", "llama") or raw.get("quantization_config"):
+        return
+    path = model_dir / "config.json"
+    shapes, optional = expected_shapes(raw, path)
+    fix = (
+        f"the weights and {path} do not belong together: put back the config.json that was "
+        "saved with these weights, or rewrite the dir (chuan model init, chuan convert)"
+    )
+    for key, want in shapes.items():
+        tensor = state.get(key)
+        if tensor is not None and tuple(tensor.shape) != want:
+            sizes = ", ".join(f"{name} {raw[name]}" for name in _SHAPE_FIELDS if name in raw)
+            raise InputError(
+                f"{origin[key]}: tensor {key} has shape {list(tensor.shape)}, but "
+                f"{path} ({sizes}) expects {list(want)}; {fix}"
+            )
+    missing = [k for k in shapes if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in shapes]
+    if missing or unexpected:
+        parts = [f"missing {missing[:3]}" if missing else ""]
+        parts.append(f"unexpected {unexpected[:3]}" if unexpected else "")
+        files = sorted({str(origin[k].name) for k in state})
+        raise InputError(
+            f"{model_dir}: the weights in {', '.join(files)} do not fit {path}: "
+            f"{', '.join(p for p in parts if p)}; {fix}"
+        )
 
 
 def copy_side_files(src: str | Path, dst: str | Path) -> list[str]:
@@ -113,7 +297,7 @@ def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
-    raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {tokenizer_dir}")
+    raise MissingError(f"no tokenizer.model or tokenizer.json in {tokenizer_dir}")
 
 
 def init_model_dir(
@@ -132,7 +316,7 @@ def init_model_dir(
     copied in, so the dir is complete for generation and training.
     """
     if vocab_size is not None and tokenizer_dir is not None:
-        raise ValueError("give the vocabulary size or a tokenizer dir, not both")
+        raise InputError("give the vocabulary size or a tokenizer dir, not both")
     if tokenizer_dir is not None:
         vocab_size = tokenizer_vocab_size(tokenizer_dir)
     if vocab_size is not None:

@@ -13,8 +13,23 @@ import math
 
 from transformers import PreTrainedConfig
 
+from chuan.errors import InputError
+
 BAICHUAN2_VOCAB_SIZE = 125_696
 POSITION_ENCODINGS = ("rope", "alibi")
+# Checked by type at construction, so a config.json with `"hidden_size": "big"` is an error
+# naming the field rather than a TypeError deep inside the model.
+_SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "model_max_length",
+)
+_NUMBER_FIELDS = ("rms_norm_eps", "rope_theta", "initializer_range", "z_loss_weight")
 
 
 def swiglu_intermediate_size(hidden_size: int, multiple_of: int = 128) -> int:
@@ -72,25 +87,38 @@ class BaichuanConfig(PreTrainedConfig):
 
     def _check_fields(self) -> None:
         """Reject shapes and combinations the model cannot represent, with the field named."""
+        for name in _SIZE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(
+                    f"field {name} must be a whole number of at least 1, got {value!r}"
+                )
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"field {name} must be a number of at least 0, got {value!r}")
+        for name in ("tie_word_embeddings", "norm_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"field {name} must be true or false, got {getattr(self, name)!r}")
         if self.position_encoding not in POSITION_ENCODINGS:
-            raise ValueError(
+            raise InputError(
                 f"position_encoding must be one of {POSITION_ENCODINGS}, got "
                 f"{self.position_encoding!r}"
             )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise InputError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise InputError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
         if self.hidden_act != "silu":
-            raise ValueError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+            raise InputError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
         if self.norm_head and self.tie_word_embeddings:
-            raise ValueError("norm_head and tie_word_embeddings cannot both be set")
+            raise InputError("norm_head and tie_word_embeddings cannot both be set")
 
     @property
     def head_dim(self) -> int:

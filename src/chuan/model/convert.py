@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
 
-from chuan.model.checkpoint import read_config_dict, read_state_dict, write_model_dir
+from chuan.errors import InputError
+from chuan.model.checkpoint import read_config, read_config_dict, read_state_dict, write_model_dir
 from chuan.model.config import BaichuanConfig
 from chuan.model.modeling import BaichuanForCausalLM
 
@@ -27,20 +28,21 @@ _LAYER_KEY = "model.layers.{}.self_attn.{}.weight"
 def convert(src: str | Path, out: str | Path, to: str, *, overwrite: bool = False) -> Path:
     """Convert the model dir `src` (format read from its config.json) to format `to`."""
     if to not in FORMATS:
-        raise ValueError(f"--to must be one of {FORMATS}, got {to!r}")
-    source = read_config_dict(src).get("model_type")
+        raise InputError(f"--to must be one of {FORMATS}, got {to!r}")
+    raw = read_config_dict(src)
+    source = raw.get("model_type")
     if source not in FORMATS:
-        raise ValueError(
+        raise InputError(
             f"{src}/config.json has model_type {source!r}; chuan converts {FORMATS} only"
         )
     if (source, to) == ("llama", "llama"):
-        raise ValueError(f"{src} is already a LLaMA dir; use --to baichuan to import it")
+        raise InputError(f"{src} is already a LLaMA dir; use --to baichuan to import it")
     if to == "llama":
-        config, state = baichuan_to_llama(BaichuanConfig.from_pretrained(src), read_state_dict(src))
+        config, state = baichuan_to_llama(read_config(src), read_state_dict(src))
     elif source == "llama":
-        config, state = llama_to_baichuan(read_config_dict(src), read_state_dict(src))
+        config, state = llama_to_baichuan(raw, read_state_dict(src), where=src)
     else:  # baichuan -> baichuan: rewrite a released dir (.bin, implicit fields) in chuan's layout
-        config, state = BaichuanConfig.from_pretrained(src), read_state_dict(src)
+        config, state = read_config(src), read_state_dict(src)
     return write_model_dir(out, config, state, side_files_from=src, overwrite=overwrite)
 
 
@@ -53,23 +55,30 @@ def load_as_baichuan(
     """
     raw = read_config_dict(src)
     if raw.get("model_type") == "llama":
-        config, state = llama_to_baichuan(raw, read_state_dict(src))
+        config, state = llama_to_baichuan(raw, read_state_dict(src), where=src)
     elif raw.get("model_type") == "baichuan":
-        config, state = BaichuanConfig.from_pretrained(src), read_state_dict(src)
+        config, state = read_config(src), read_state_dict(src)
     else:
-        raise ValueError(
+        raise InputError(
             f"{src}/config.json has model_type {raw.get('model_type')!r}; "
             f"chuan loads {FORMATS} dirs"
         )
     for key, value in config_overrides.items():
         if not hasattr(config, key):
-            raise ValueError(f"unknown model config field {key!r}")
+            raise InputError(f"unknown model config field {key!r}")
         setattr(config, key, value)
     model = BaichuanForCausalLM(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes: read_state_dict checked them, so an override
+        raise InputError(
+            f"{src}: the weights do not fit the model once {sorted(config_overrides)} are "
+            f"overridden ({str(err).splitlines()[-1].strip()}); only override fields that "
+            "keep the shapes"
+        ) from None
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"{src}: weights do not fit the config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
@@ -83,7 +92,7 @@ def baichuan_to_llama(
 ) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """A `LlamaForCausalLM` config and state dict computing the same function."""
     if config.position_encoding != "rope":
-        raise ValueError(
+        raise InputError(
             "ALiBi models (the 13B family) have no LLaMA equivalent; keep them in the Baichuan "
             "layout (`chuan convert SRC OUT --to baichuan`)"
         )
@@ -126,13 +135,31 @@ def baichuan_to_llama(
 
 
 def llama_to_baichuan(
-    llama: dict, state: dict[str, torch.Tensor]
+    llama: dict, state: dict[str, torch.Tensor], *, where: str | Path | None = None
 ) -> tuple[BaichuanConfig, dict[str, torch.Tensor]]:
-    """A Baichuan (RoPE, plain head) config and state dict from a HF LLaMA config dict."""
+    """A Baichuan (RoPE, plain head) config and state dict from a HF LLaMA config dict
+    (`where`: the model dir it came from, named in errors)."""
+    try:
+        config = _baichuan_config_of_llama(llama, state)
+    except (InputError, KeyError, TypeError, ValueError) as err:
+        path = f"{where}/config.json" if where is not None else "the LLaMA config"
+        if isinstance(err, KeyError):
+            err = f"field {err.args[0]} is missing"
+        raise InputError(f"{path}: {err}; fix the field or restore the config.json") from None
+    out = dict(state)
+    for i in range(config.num_hidden_layers):
+        q, k, v = (out.pop(_LAYER_KEY.format(i, name)) for name in ("q_proj", "k_proj", "v_proj"))
+        out[_LAYER_KEY.format(i, "W_pack")] = torch.cat((q, k, v), dim=0)
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return config, out
+
+
+def _baichuan_config_of_llama(llama: dict, state: dict[str, torch.Tensor]) -> BaichuanConfig:
     _check_llama_supported(llama)
     rope = llama.get("rope_parameters") or {}
     heads = llama["num_attention_heads"]
-    config = BaichuanConfig(
+    return BaichuanConfig(
         vocab_size=llama["vocab_size"],
         hidden_size=llama["hidden_size"],
         intermediate_size=llama["intermediate_size"],
@@ -152,13 +179,6 @@ def llama_to_baichuan(
         architectures=["BaichuanForCausalLM"],
         dtype=str(_dtype_of(state)).removeprefix("torch."),
     )
-    out = dict(state)
-    for i in range(config.num_hidden_layers):
-        q, k, v = (out.pop(_LAYER_KEY.format(i, name)) for name in ("q_proj", "k_proj", "v_proj"))
-        out[_LAYER_KEY.format(i, "W_pack")] = torch.cat((q, k, v), dim=0)
-    if config.tie_word_embeddings:
-        out.pop("lm_head.weight", None)
-    return config, out
 
 
 def _check_llama_supported(llama: dict) -> None:
@@ -175,7 +195,7 @@ def _check_llama_supported(llama: dict) -> None:
     if head_dim and head_dim * llama["num_attention_heads"] != llama["hidden_size"]:
         problems.append(f"head_dim {head_dim} != hidden_size / num_attention_heads")
     if problems:
-        raise ValueError("cannot import this LLaMA model: it uses " + ", ".join(problems))
+        raise InputError("cannot import this LLaMA model: it uses " + ", ".join(problems))
 
 
 def _dtype_of(state: dict[str, torch.Tensor]) -> torch.dtype:

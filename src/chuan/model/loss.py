@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from chuan.errors import InputError
+
 IGNORE_INDEX = -100
 DEFAULT_LOGITS_BUDGET = 1 << 26  # elements of one fp32 `[chunk x vocab]` block (256 MiB)
 
@@ -131,7 +133,7 @@ def chunked_lm_loss(
     sums so a training loop can normalise by a global token count.
     """
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
     # Loss arithmetic in fp32 at least (fp64 inputs stay fp64).

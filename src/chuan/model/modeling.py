@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from chuan.errors import InputError
 from chuan.model.config import BaichuanConfig
 from chuan.model.loss import chunked_lm_loss
 from chuan.model.positions import AttentionSpec, apply_rope, build_attention_spec
@@ -36,7 +37,7 @@ CACHE_FIELD = (
 
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     if cache is not None and past_key_values is not None:
-        raise ValueError("pass the decoding cache as `cache` or `past_key_values`, not both")
+        raise InputError("pass the decoding cache as `cache` or `past_key_values`, not both")
     return cache if cache is not None else past_key_values
 
 
@@ -218,7 +219,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
         covering the cached and the new tokens. The cache comes as `cache` or, as before
         transformers 5.25, `past_key_values`."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache is None:
@@ -229,7 +230,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
         if not use_cache:
             cache = None
         if attention_mask is not None and attention_mask.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 "attention_mask must be 2-D [batch, past + new tokens] (0 = padding, or one id "
                 f"per packed document); got shape {tuple(attention_mask.shape)}"
             )
@@ -274,7 +275,7 @@ def _require_chuan_quantizer(config: BaichuanConfig) -> None:
         from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 
         if "chuan" not in AUTO_QUANTIZER_MAPPING:
-            raise ValueError(
+            raise InputError(
                 "this model dir was written by `chuan quantize`: load it with "
                 "chuan.infer.loading.load_model, or `import chuan.infer.quantize` first"
             )

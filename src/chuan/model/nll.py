@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from chuan.errors import InputError
 from chuan.model.loss import IGNORE_INDEX
 
 
@@ -37,7 +38,7 @@ class Window:
 def sliding_windows(targets: int, max_length: int, stride: int) -> list[Window]:
     """The windows that score `targets` next-token targets, each exactly once."""
     if max_length < 1 or not 1 <= stride <= max_length:
-        raise ValueError(
+        raise InputError(
             f"need 1 <= stride <= max_length, got stride {stride}, max_length {max_length}"
         )
     windows: list[Window] = []
@@ -119,6 +120,6 @@ def sequence_nats(
 def perplexity(model, ids: Sequence[int], *, max_length: int, stride: int | None = None) -> float:
     """exp(mean NLL) of one token sequence: every target after the first token, once."""
     if len(ids) < 2:
-        raise ValueError("perplexity needs at least 2 tokens")
+        raise InputError("perplexity needs at least 2 tokens")
     (nats,) = sequence_nats(model, [ids], max_length=max_length, stride=stride)
     return math.exp(nats / (len(ids) - 1))

@@ -7,6 +7,7 @@ Released shapes follow the reports and the `config.json` files of the Hugging Fa
 
 from __future__ import annotations
 
+from chuan.errors import InputError
 from chuan.model.config import BaichuanConfig, swiglu_intermediate_size
 
 _BAICHUAN_7B = dict(
@@ -45,7 +46,7 @@ PRESETS: dict[str, dict] = {
 def preset_config(name: str, **overrides) -> BaichuanConfig:
     """The config of preset `name`, with any field overridden (e.g. `vocab_size`)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return BaichuanConfig(**{**PRESETS[name], **overrides})
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chuan.errors import InputError
 from chuan.fileio import write_atomic
 
 
@@ -73,7 +74,7 @@ def run_stages(options: QuickstartOptions, stages: list[Stage], echo=print) -> C
     """Run `stages` in order, skipping those already finished; stop after `options.until`."""
     names = [s.name for s in stages]
     if options.until is not None and options.until not in names:
-        raise ValueError(f"unknown stage {options.until!r}; stages: {', '.join(names)}")
+        raise InputError(f"unknown stage {options.until!r}; stages: {', '.join(names)}")
     out = Path(options.out)
     if options.fresh and out.exists():
         shutil.rmtree(out)

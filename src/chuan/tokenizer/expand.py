@@ -38,6 +38,7 @@ import numpy as np
 import sentencepiece as spm
 
 from chuan.data.io import iter_documents
+from chuan.errors import InputError
 from chuan.tokenizer.spm import ModelProto, load_proto, write_tokenizer_dir
 from chuan.tokenizer.train import split_sentences
 
@@ -83,7 +84,7 @@ def read_pieces(pieces: str | Path | Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
     for piece in pieces:
         if not isinstance(piece, str) or not piece:
-            raise ValueError(f"a piece must be a non-empty string, got {piece!r}")
+            raise InputError(f"a piece must be a non-empty string, got {piece!r}")
         seen.setdefault(piece, None)
     return list(seen)
 
@@ -96,11 +97,11 @@ def _read_pieces_jsonl(path: Path) -> Iterator[str]:
             try:
                 piece = json.loads(line)["piece"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
+                raise InputError(
                     f'{path}:{lineno}: expected a JSON object {{"piece": "..."}} ({e})'
                 ) from None
             if not isinstance(piece, str) or not piece:
-                raise ValueError(f"{path}:{lineno}: field 'piece' must be a non-empty string")
+                raise InputError(f"{path}:{lineno}: field 'piece' must be a non-empty string")
             yield piece
 
 
@@ -164,7 +165,7 @@ class ReachableVocab:
         already be there as an intermediate; then it only counts as requested from now on).
         """
         if piece in self.all_pieces:
-            raise ValueError(f"{piece!r} is already a piece of the base vocabulary")
+            raise InputError(f"{piece!r} is already a piece of the base vocabulary")
         start = len(self.added)
         newly_requested = piece if piece not in self.requested else None
         self._last = (start, newly_requested, set(self._failed))
@@ -195,7 +196,7 @@ class ReachableVocab:
         n = len(self.added)
         scores = {p: float(np.float32(self._base_max + n - k)) for k, p in enumerate(self.added)}
         if len(set(scores.values())) < n:
-            raise ValueError(
+            raise InputError(
                 f"cannot give {n} added pieces distinct float32 scores above the base maximum "
                 f"{self._base_max}"
             )
@@ -354,11 +355,11 @@ def expand_tokenizer(
     says. `out` gets the tokenizer files and `expand_report.json`.
     """
     if (pieces is None) == (train_on is None):
-        raise ValueError("give exactly one of pieces or train_on")
+        raise InputError("give exactly one of pieces or train_on")
     if (train_on is not None) != (add is not None):
-        raise ValueError("add (the number of pieces to add) goes with train_on, and only with it")
+        raise InputError("add (the number of pieces to add) goes with train_on, and only with it")
     if add is not None and add < 1:
-        raise ValueError(f"add must be a positive number of pieces, got {add}")
+        raise InputError(f"add must be a positive number of pieces, got {add}")
     proto = load_proto(base)
     vocab = ReachableVocab(proto)
     if pieces is not None:

@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
+from chuan.errors import InputError
 from chuan.model import BaichuanConfig
 from chuan.tokenizer.spm import ModelProto, load_proto, model_file
 
@@ -283,12 +284,12 @@ def backend_from_proto(proto: ModelProto) -> Tokenizer:
     spec = proto.trainer_spec
     if spec.model_type != _TRAINER.BPE:
         kind = _TRAINER.ModelType.Name(spec.model_type)
-        raise ValueError(
+        raise InputError(
             f"trainer_spec.model_type is {kind}: the fast tokenizer supports BPE SentencePiece "
             "models only; load this one with use_fast=False"
         )
     if spec.treat_whitespace_as_suffix:
-        raise ValueError("trainer_spec.treat_whitespace_as_suffix=true is not supported")
+        raise InputError("trainer_spec.treat_whitespace_as_suffix=true is not supported")
     vocab = {p.piece: index for index, p in enumerate(proto.pieces)}
     unk = proto.pieces[spec.unk_id].piece if spec.unk_id >= 0 else None
     merges = bpe_merges(proto)
@@ -334,7 +335,7 @@ class BaichuanTokenizerFast(_SaveAsSentencePiece, TokenizersBackend):
         **kwargs,
     ):
         if vocab_file is None:
-            raise ValueError("BaichuanTokenizerFast needs vocab_file (a SentencePiece .model)")
+            raise InputError("BaichuanTokenizerFast needs vocab_file (a SentencePiece .model)")
         # A saved tokenizer.json (or vocab/merges taken from it) is ignored: the proto is the truth.
         for key in ("tokenizer_file", "tokenizer_object", "vocab", "merges"):
             kwargs.pop(key, None)

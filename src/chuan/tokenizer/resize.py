@@ -24,7 +24,8 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from chuan.model.checkpoint import copy_side_files, read_state_dict, write_model_dir
+from chuan.errors import InputError
+from chuan.model.checkpoint import copy_side_files, read_config, read_state_dict, write_model_dir
 from chuan.model.config import BaichuanConfig
 from chuan.tokenizer.expand import isolating_processor
 from chuan.tokenizer.spm import load_proto, load_sentencepiece, model_file
@@ -47,13 +48,13 @@ def resize_model(
     `new_tokenizer` must keep every piece of the old tokenizer (the one in `model_dir`, or
     `old_tokenizer`) at its id and append the rest. Returns the updated config.
     """
-    config = BaichuanConfig.from_pretrained(model_dir)
+    config = read_config(model_dir)
     state = read_state_dict(model_dir)
     old = old_tokenizer if old_tokenizer is not None else model_dir
     old_pieces, added = check_extension(old, new_tokenizer)
     old_size = state[EMBED_KEY].shape[0]
     if old_size != config.vocab_size or old_size != len(old_pieces):
-        raise ValueError(
+        raise InputError(
             f"{model_dir}: embed_tokens has {old_size} rows, config vocab_size is "
             f"{config.vocab_size} and the old tokenizer {old} has {len(old_pieces)} pieces; "
             "they must agree before resizing"
@@ -78,13 +79,13 @@ def check_extension(
     old = [p.piece for p in load_proto(old_tokenizer).pieces]
     new = [p.piece for p in load_proto(new_tokenizer).pieces]
     if len(new) <= len(old):
-        raise ValueError(
+        raise InputError(
             f"{new_tokenizer} has {len(new)} pieces, not more than the {len(old)} of "
             f"{old_tokenizer}: it is not an expansion"
         )
     for i, (a, b) in enumerate(zip(old, new, strict=False)):  # new is longer
         if a != b:
-            raise ValueError(
+            raise InputError(
                 f"{new_tokenizer} is not an expansion of {old_tokenizer}: id {i} is {b!r} "
                 f"there but {a!r} in the old tokenizer (old ids must keep their pieces)"
             )
@@ -106,7 +107,7 @@ def decompose(
 def _nonempty(sp: spm.SentencePieceProcessor, piece: str) -> list[int]:
     ids = sp.encode(piece)
     if not ids:
-        raise ValueError(f"piece {piece!r} encodes to no tokens with the old tokenizer")
+        raise InputError(f"piece {piece!r} encodes to no tokens with the old tokenizer")
     return ids
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chuan.errors import InputError, MissingError
 from chuan.fileio import atomic_file, write_atomic
 from chuan.tokenizer.spm import load_sentencepiece
 
@@ -137,7 +138,7 @@ def split_label(spec: str | Path) -> tuple[str | None, Path]:
         return None, Path(text)
     label, path = text.split("=", 1)
     if not label:
-        raise ValueError(f"{spec!r}: empty label before '=' (expected label=path)")
+        raise InputError(f"{spec!r}: empty label before '=' (expected label=path)")
     return label, Path(path)
 
 
@@ -146,7 +147,7 @@ def read_lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}): {err.reason}") from err
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}): {err.reason}") from err
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -163,10 +164,10 @@ def group_texts(texts: Mapping[str, Sequence[str | Path]] | Sequence[str | Path]
             groups.setdefault(label, []).append(path)
     for label, paths in groups.items():
         if not paths:
-            raise ValueError(f"language {label!r} has no text files")
+            raise InputError(f"language {label!r} has no text files")
         for path in paths:
             if not path.is_file():
-                raise FileNotFoundError(f"text file for {label!r} not found: {path}")
+                raise MissingError(f"text file for {label!r} not found: {path}")
     return groups
 
 
@@ -179,7 +180,7 @@ def tokenizer_names(tokenizers: Sequence[str | Path]) -> list[tuple[str, Path]]:
     names = [name for name, _ in named]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"tokenizer names {duplicates} repeat; rename them with name=path")
+        raise InputError(f"tokenizer names {duplicates} repeat; rename them with name=path")
     return named
 
 
@@ -210,13 +211,13 @@ def tokenizer_stats(
     """
     named = tokenizer_names(tokenizers)
     if not named:
-        raise ValueError("no tokenizers given")
+        raise InputError("no tokenizers given")
     groups = group_texts(texts)
     rows = []
     for language, paths in groups.items():
         lines = [line for path in paths for line in read_lines(path)]
         if not lines:
-            raise ValueError(f"language {language!r}: no non-empty lines in {paths}")
+            raise InputError(f"language {language!r}: no non-empty lines in {paths}")
         characters = sum(len(line) for line in lines)
         utf8_bytes = sum(len(line.encode("utf-8")) for line in lines)
         counts = [count_tokens(path, lines) for _, path in named]
@@ -278,7 +279,7 @@ def render_summary(
 ) -> str:
     """One metric side by side: a row per tokenizer (with its vocabulary), a column per language."""
     if metric not in _DERIVED and metric != "relative_to_first":
-        raise ValueError(f"metric {metric!r}: expected one of {[*_DERIVED, 'relative_to_first']}")
+        raise InputError(f"metric {metric!r}: expected one of {[*_DERIVED, 'relative_to_first']}")
     header = ["tokenizer", "vocab", *(f"{lang} {metric}" for lang in report.languages)]
     cells = []
     for name in report.tokenizers:
@@ -294,7 +295,7 @@ def _format_table(header: list[str], cells: list[list[str]], fmt: str, text_colu
         lines = [header, ["---"] * text_columns + ["---:"] * (len(header) - text_columns), *cells]
         return "\n".join("| " + " | ".join(line) + " |" for line in lines)
     if fmt != "plain":
-        raise ValueError(f"table format {fmt!r}: expected 'markdown' or 'plain'")
+        raise InputError(f"table format {fmt!r}: expected 'markdown' or 'plain'")
     widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
     return "\n".join(
         "  ".join(

@@ -44,6 +44,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from chuan.data.io import Document, as_paths, iter_documents
+from chuan.errors import InputError, OutputExistsError
 from chuan.tokenizer.spm import ModelProto, write_tokenizer_dir
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class WeightedReservoir:
 
     def __init__(self, size: int, seed: int):
         if size < 1:
-            raise ValueError(f"reservoir size must be at least 1, got {size}")
+            raise InputError(f"reservoir size must be at least 1, got {size}")
         self.size = size
         self._rng = random.Random(seed)
         self._heap: list[tuple[float, int, object]] = []
@@ -191,13 +192,13 @@ def sample_training_sentences(
     oversampled code and papers for its tokenizer.
     """
     if max_sentence_bytes < 4:
-        raise ValueError(
+        raise InputError(
             f"max_sentence_bytes must hold one UTF-8 character (4), got {max_sentence_bytes}"
         )
     weights = dict(category_weights or {})
     for category, weight in weights.items():
         if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"category weight for {category!r} must be positive, got {weight}")
+            raise InputError(f"category weight for {category!r} must be positive, got {weight}")
     reservoir = WeightedReservoir(size, seed)
     sample = SentenceSample(sentences=[])
     for doc in tqdm(documents, desc="sampling lines", unit=" docs", disable=not progress):
@@ -255,18 +256,21 @@ def train_tokenizer(
     out = Path(out)
     inputs = [str(p) for p in as_paths(inputs)]
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError(
+        raise InputError(
             f"vocab_size={vocab_size} is too small: the layout takes {FIRST_LEARNED_ID} ids "
             f"({FIRST_BYTE_ID} meta pieces + 256 bytes), plus at least {MIN_LEARNED_PIECES} "
             f"learned pieces, so use at least {MIN_VOCAB_SIZE}"
         )
     if not 0.98 <= character_coverage <= 1:  # SentencePiece's own bounds
-        raise ValueError(f"character coverage must be between 0.98 and 1, got {character_coverage}")
+        raise InputError(f"character coverage must be between 0.98 and 1, got {character_coverage}")
     threads = num_threads or min(os.cpu_count() or 1, 1024)
     if not 1 <= threads <= 1024:
-        raise ValueError(f"num_threads must be between 1 and 1024, got {threads}")
+        raise InputError(f"num_threads must be between 1 and 1024, got {threads}")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass overwrite=True")
+        raise OutputExistsError(
+            f"{out} already exists and is not empty; choose another --out, or use --overwrite "
+            "(overwrite=True in Python) to replace it"
+        )
 
     start = time.perf_counter()
     sample = sample_training_sentences(
@@ -278,7 +282,7 @@ def train_tokenizer(
         progress=progress,
     )
     if not sample.sentences:
-        raise ValueError(f"no non-blank lines to train on in {inputs}")
+        raise InputError(f"no non-blank lines to train on in {inputs}")
     sampled_at = time.perf_counter()
     settings = {
         **BAICHUAN2_SETTINGS,
@@ -356,7 +360,7 @@ def _train(sentences: list[str], settings: dict, *, verbose: bool) -> ModelProto
         except RuntimeError as e:
             if "Vocabulary size" not in str(e):
                 raise
-            raise ValueError(_vocab_too_small(str(e), settings, len(sentences))) from e
+            raise InputError(_vocab_too_small(str(e), settings, len(sentences))) from e
         proto = ModelProto()
         proto.ParseFromString((Path(tmp) / "spm.model").read_bytes())
     # The temp paths and the thread count (which does not change the result) depend on the

@@ -12,21 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from chuan.config import ConfigError, load_config
+from chuan.config import ConfigError, bounded, load_config
 
 
 @dataclass
 class OptimConfig:
     """AdamW and its learning-rate schedule (per stage; a stage may override `lr` and warmup)."""
 
-    lr: float = 2e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 2000
+    lr: float = bounded(2e-4, gt=0)
+    min_lr_ratio: float = bounded(0.1, ge=0, le=1)
+    warmup_steps: int = bounded(2000, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 0.5
+    eps: float = bounded(1e-8, gt=0)
+    weight_decay: float = bounded(0.1, ge=0)
+    grad_clip: float = bounded(0.5, ge=0)
 
 
 @dataclass
@@ -41,11 +41,11 @@ class StageConfig:
     data: list[str]
     name: str = ""
     buckets: list[int] | None = None
-    steps: int | None = None
-    tokens: int | None = None
-    lr: float | None = None
-    warmup_steps: int | None = None
-    min_lr_ratio: float | None = None
+    steps: int | None = bounded(None, ge=1)
+    tokens: int | None = bounded(None, ge=1)
+    lr: float | None = bounded(None, gt=0)
+    warmup_steps: int | None = bounded(None, ge=0)
+    min_lr_ratio: float | None = bounded(None, ge=0, le=1)
     freeze: Literal["none", "non_embeddings"] = "none"
     shuffle: bool = True
 
@@ -55,20 +55,20 @@ class EvalConfig:
     """Held-out loss: a packed dataset of its own, or rows held back from the first stage's data."""
 
     data: str | None = None
-    holdout_rows: int = 0
-    every: int = 0
-    max_rows: int = 64
+    holdout_rows: int = bounded(0, ge=0)
+    every: int = bounded(0, ge=0)
+    max_rows: int = bounded(64, ge=1)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000
-    keep: int = 3
+    every: int = bounded(1000, ge=0)
+    keep: int = bounded(3, ge=1)
 
 
 @dataclass
 class LogConfig:
-    every: int = 10
+    every: int = bounded(10, ge=1)
     tensorboard: bool = True
     progress: bool = True
 
@@ -91,16 +91,16 @@ class PretrainConfig:
     preset: str | None = None
     tokenizer: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    z_loss_weight: float | None = 2e-4
-    seed: int = 1234
-    micro_batch_size: int = 4
-    grad_accum: int = 1
+    z_loss_weight: float | None = bounded(2e-4, ge=0)
+    seed: int = bounded(1234, ge=0)
+    micro_batch_size: int = bounded(4, ge=1)
+    grad_accum: int = bounded(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
     activation_checkpointing: bool = False
     compile: bool = False
-    peak_flops: float | None = None
-    max_bad_steps: int = 5
+    peak_flops: float | None = bounded(None, gt=0)
+    max_bad_steps: int = bounded(5, ge=0)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

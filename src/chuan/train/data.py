@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from chuan.data.pack import labels_from_row
+from chuan.errors import InputError, MissingError
 
 
 @dataclass
@@ -70,14 +71,14 @@ def load_packed(path: str | Path) -> Dataset:
     """A packed dataset dir, with an error that says how to make one."""
     path = Path(path)
     if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{path} is not a packed dataset; make one with "
             "`chuan data pack INPUT... --tokenizer DIR --out DIR --max-length N`"
         )
     dataset = load_from_disk(str(path))
     missing = {"input_ids", "segment_ids", "loss_mask"} - set(dataset.column_names)
     if missing:
-        raise ValueError(f"{path}: packed dataset lacks column(s) {sorted(missing)}; re-run pack")
+        raise InputError(f"{path}: packed dataset lacks column(s) {sorted(missing)}; re-run pack")
     return dataset
 
 
@@ -101,7 +102,7 @@ class PackedRows:
             dataset = load_packed(path)
             held = (holdout or {}).get(str(Path(path).resolve()), 0)
             if held >= len(dataset) and held:
-                raise ValueError(f"{path}: holdout of {held} rows leaves no training rows")
+                raise InputError(f"{path}: holdout of {held} rows leaves no training rows")
             keep = (
                 range(len(dataset) - held, len(dataset))
                 if take_holdout
@@ -109,13 +110,13 @@ class PackedRows:
             )
             if buckets is not None:
                 if "bucket" not in dataset.column_names:
-                    raise ValueError(f"{path}: `buckets` given but the dataset has no buckets")
+                    raise InputError(f"{path}: `buckets` given but the dataset has no buckets")
                 rows = np.arange(keep.start, keep.stop)
                 keep = rows[np.isin(np.asarray(dataset["bucket"])[rows], buckets)]
             parts.append(dataset.select(keep))
         data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         if len(data) == 0:
-            raise ValueError(f"no rows to read in {', '.join(paths)} (buckets {buckets})")
+            raise InputError(f"no rows to read in {', '.join(paths)} (buckets {buckets})")
         # Rows stay memory-mapped Arrow; a batch is one `take`, so a corpus larger than RAM works.
         self.data = data.with_format("numpy", columns=["input_ids", "segment_ids", "loss_mask"])
         self.row_length = len(self.data[0]["input_ids"])

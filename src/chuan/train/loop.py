@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from chuan.config import to_dict
+from chuan.errors import ChuanError, OutputExistsError
 from chuan.fileio import write_atomic
 from chuan.model.checkpoint import tokenizer_vocab_size
 from chuan.model.convert import load_as_baichuan
@@ -61,7 +62,7 @@ from chuan.train.metrics import (
 from chuan.train.optim import build_optimizer, build_scheduler, set_trainable
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ChuanError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
@@ -85,6 +86,10 @@ class PretrainResult:
     final_loss: float | None
     eval_loss: float | None
     interrupted: bool
+    # The signal that stopped an interrupted run (SIGTERM or SIGINT; None when it finished,
+    # or on a rank that stopped because another rank was signalled). `chuan pretrain` exits
+    # with 128 + it, as a shell reports a process killed by that signal.
+    signal: int | None = None
 
 
 class _RateWindow:
@@ -108,6 +113,7 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signal: int | None = None  # the first signal received
         self._previous = {}
 
     def __enter__(self):
@@ -118,6 +124,8 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.requested = True
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -351,6 +359,7 @@ class Trainer:
         )
         total = sum(p.steps for p in self.plans)
         interrupted = False
+        stopped_by = None
         if checkpoint is not None and self.state.stage >= len(self.plans):  # finished already
             load_checkpoint(checkpoint, self.model, None, world)
         bar = tqdm(
@@ -368,6 +377,7 @@ class Trainer:
                     checkpoint = None
                     if interrupted:
                         break
+            stopped_by = stop.signal
             eval_loss = None
             if not interrupted:
                 eval_loss = self._evaluate_and_log()
@@ -384,12 +394,13 @@ class Trainer:
             final_loss=self.last.get("loss"),
             eval_loss=eval_loss,
             interrupted=interrupted,
+            signal=stopped_by if interrupted else None,
         )
 
     def _resume_point(self, resume: str | None) -> Path | None:
         if resume is None:
             if self.world.is_main and (self.run_dir / "checkpoints").is_dir():
-                raise FileExistsError(
+                raise OutputExistsError(
                     f"{self.run_dir} holds checkpoints of an earlier run; pass --resume auto to "
                     "continue it, or choose another `out`"
                 )

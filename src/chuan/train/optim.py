@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from chuan.errors import InputError
 from chuan.train.config import OptimConfig
 
 EMBEDDING_NAMES = ("embed_tokens", "lm_head")
@@ -30,7 +31,7 @@ def set_trainable(model: nn.Module, freeze: str) -> None:
     """Apply a stage's freeze policy: `none` trains everything, `non_embeddings` see above."""
     if freeze == "non_embeddings":
         if not freeze_non_embeddings(model):
-            raise ValueError("freeze: non_embeddings found no embed_tokens / lm_head parameters")
+            raise InputError("freeze: non_embeddings found no embed_tokens / lm_head parameters")
     else:
         for param in model.parameters():
             param.requires_grad_(True)
