@@ -152,7 +152,11 @@ CASES = [
          ("context",)),
     Case("generate", lambda f: ["generate", f["broken_config"], "--prompt", "hi"],
          ("config.json",)),
+    Case("generate", lambda f: ["generate", f["model"], "--prompt", "hi", "--top-p", "1.5"],
+         ("--top-p", "<= 1"), code=2),
     Case("chat", lambda f: ["chat", _out(f, "no_model")], ("no_model",)),
+    Case("chat", lambda f: ["chat", f["model"], "--temperature", "-1"], ("--temperature",),
+         code=2),
     # quantize
     Case("quantize", lambda f: ["quantize", f["model"], _out(f, "q3"), "--bits", "4",
          "--group-size", "0"], ("--group-size",), code=2),

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from chuan.cli.options import add_device_arguments
+from chuan.cli.options import add_device_arguments, float_in, int_at_least
 from chuan.errors import InputError, MissingError
 
 CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
@@ -27,12 +27,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 def _add_sampling_flags(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
     """The sampling flags; `defaults` maps flag dest to its default, `note` explains them."""
     specs = [
-        ("--max-new-tokens", int, "tokens to generate at most"),
-        ("--temperature", float, "0 = greedy"),
-        ("--top-k", int, "0 = off"),
-        ("--top-p", float, "1 = off"),
-        ("--repetition-penalty", float, "1 = off"),
-        ("--seed", int, "sampling seed (same seed and input, same output)"),
+        ("--max-new-tokens", int_at_least(1), "tokens to generate at most"),
+        ("--temperature", float_in(0), "0 = greedy"),
+        ("--top-k", int_at_least(0), "0 = off"),
+        ("--top-p", float_in(0, 1, low_open=True), "1 = off"),
+        ("--repetition-penalty", float_in(0, low_open=True), "1 = off"),
+        ("--seed", int_at_least(0), "sampling seed (same seed and input, same output)"),
     ]
     for flag, kind, text in specs:
         dest = flag[2:].replace("-", "_")
