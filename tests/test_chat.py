@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,21 @@ def test_build_chat_input_budget_and_truncation(tok):
     # The newest round alone is over budget: kept anyway, then cut from the left.
     max_input = len(r3) - 1
     assert _prompt(tok, CONVERSATION, max_input) == (system + r3 + [ASSISTANT])[-max_input:]
+
+
+def test_build_chat_input_says_what_it_leaves_out(tok, caplog):
+    system, (r1, r2, r3) = _by_hand(tok, CONVERSATION)
+    full = system + r1 + r2 + r3 + [ASSISTANT]
+    with caplog.at_level(logging.INFO, logger="chuan.infer.chat"):
+        _prompt(tok, CONVERSATION, len(full))
+        assert not caplog.records  # everything fits: nothing to say
+        _prompt(tok, CONVERSATION, len(full) - 2)
+        assert "1 earlier round(s) left out" in caplog.text
+        caplog.clear()
+        _prompt(tok, CONVERSATION, len(r3) - 1)
+        assert "2 earlier round(s) left out" in caplog.text
+        dropped = len(system + r3) + 1 - (len(r3) - 1)
+        assert f"its first {dropped} tokens are dropped" in caplog.text
 
 
 def test_build_chat_input_details(tok):

@@ -98,6 +98,7 @@ def build_chat_input(
     system_ids = encode(system)
     budget = max_input_tokens - len(system_ids)
     history: list[int] = []
+    kept = 0
     for round_messages in reversed(rounds):
         round_ids = [
             i for m in round_messages for i in [role_ids[m["role"]], *encode(m["content"])]
@@ -105,11 +106,23 @@ def build_chat_input(
         if history and len(history) + len(round_ids) > budget:
             break
         history = round_ids + history
+        kept += 1
         if len(history) >= budget:
             break
     ids = system_ids + history
     if messages[-1]["role"] != "assistant":
         ids.append(assistant_token_id)
+    if kept < len(rounds):
+        log.info("%d earlier round(s) left out to fit the context", len(rounds) - kept)
+    if len(ids) > max_input_tokens:
+        log.warning(
+            "the prompt is %d tokens but only %d fit beside %d new tokens: its first %d tokens "
+            "are dropped (as Baichuan 2 does); shorten the message or --max-new-tokens",
+            len(ids),
+            max_input_tokens,
+            max_new_tokens,
+            len(ids) - max_input_tokens,
+        )
     return ids[-max_input_tokens:]
 
 
