@@ -39,6 +39,7 @@ from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
     StageRun,
+    committed,
     run_shards,
     shard_records,
     totals,
@@ -253,7 +254,7 @@ def clean_shard(
     langs: Counter = Counter()
     lines_removed: Counter = Counter()
     bytes_in = bytes_out = 0
-    try:
+    with committed(out, rejects):
         records = shard_records(path, stats, rejects)
         for line, record in tqdm(records, desc=path.name, unit=" docs", disable=not progress):
             verdict = judge(record["text"], config, sets)
@@ -277,12 +278,6 @@ def clean_shard(
                         "record": record,
                     }
                 )
-    except BaseException:
-        out.abort()
-        rejects.abort()
-        raise
-    out.commit()
-    rejects.commit()
     stats.extra.update(
         langs=dict(langs),
         lines_removed=dict(lines_removed),

@@ -52,6 +52,7 @@ from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
     StageRun,
+    committed,
     run_shards,
     shard_records,
     totals,
@@ -509,7 +510,7 @@ def _filter_shard(path: Path, shard: Path, rejects_path: Path, stats: ShardStats
     sentence_starts = np.concatenate(([0], np.cumsum(decision["sentence_counts"])))
     kept, rejects = JsonlZstWriter(shard), JsonlZstWriter(rejects_path)
     removed_sentences = seen = 0
-    try:
+    with committed(kept, rejects):
         for i, (line, record) in enumerate(shard_records(path, stats, rejects)):
             seen = i + 1
             if i >= len(decision["status"]):
@@ -539,12 +540,6 @@ def _filter_shard(path: Path, shard: Path, rejects_path: Path, stats: ShardStats
                 f"{path} changed since its signatures were computed; run dedup again with "
                 "--overwrite"
             )
-    except BaseException:
-        kept.abort()
-        rejects.abort()
-        raise
-    kept.commit()
-    rejects.commit()
     stats.extra["sentence_dups_removed"] = removed_sentences
 
 

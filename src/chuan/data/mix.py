@@ -50,6 +50,7 @@ from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
     StageRun,
+    committed,
     input_shards,
     run_shards,
     shard_name,
@@ -384,47 +385,41 @@ def _mix_shard(
     passes = max(counts, default=0)
     valid = 0  # valid records read in the first pass
     bar = tqdm(desc=f"mix {path.name}", unit="doc", disable=not progress)
-    try:
-        for k in range(max(passes, 1)):
-            # Only the first pass counts reads and rejects; later passes re-read the records.
-            pass_stats = stats if k == 0 else ShardStats(input=str(path))
-            pass_rejects = rejects if k == 0 else None
-            records = shard_records(path, pass_stats, pass_rejects)
-            for number, (line, record) in enumerate(records):
-                if k == 0:
-                    valid = number + 1
-                if number >= len(counts):
-                    raise InputError(
-                        f"{path} changed while it was being mixed; run mix again with --overwrite"
-                    )
-                if counts[number] > k:
-                    record["category"] = record_category(record, given, default_category)
-                    out.write(record)
-                elif k == 0 and counts[number] == 0:
-                    reason = NOT_SAMPLED
-                    if math.isnan(record_quality(record, quality_field)):
-                        reason = f"{quality_field}: missing or not a number >= 0"
-                    stats.reasons[reason] += 1
-                    rejects.write({"file": str(path), "line": line, "reason": reason})
-                bar.update(1)
-    except BaseException:
-        out.abort()
-        rejects.abort()
-        raise
-    finally:
-        bar.close()
-    if out.count != sum(counts) or valid != len(counts):
-        out.abort()
-        rejects.abort()
-        raise InputError(
-            f"{path} changed while it was being mixed ({len(counts)} records counted, "
-            f"{valid} read now); run mix again with --overwrite"
-        )
+    with committed(out, rejects):
+        try:
+            for k in range(max(passes, 1)):
+                # Only the first pass counts reads and rejects; later passes re-read the records.
+                pass_stats = stats if k == 0 else ShardStats(input=str(path))
+                pass_rejects = rejects if k == 0 else None
+                records = shard_records(path, pass_stats, pass_rejects)
+                for number, (line, record) in enumerate(records):
+                    if k == 0:
+                        valid = number + 1
+                    if number >= len(counts):
+                        raise InputError(
+                            f"{path} changed while it was being mixed; run mix again with "
+                            "--overwrite"
+                        )
+                    if counts[number] > k:
+                        record["category"] = record_category(record, given, default_category)
+                        out.write(record)
+                    elif k == 0 and counts[number] == 0:
+                        reason = NOT_SAMPLED
+                        if math.isnan(record_quality(record, quality_field)):
+                            reason = f"{quality_field}: missing or not a number >= 0"
+                        stats.reasons[reason] += 1
+                        rejects.write({"file": str(path), "line": line, "reason": reason})
+                    bar.update(1)
+        finally:
+            bar.close()
+        if out.count != sum(counts) or valid != len(counts):
+            raise InputError(
+                f"{path} changed while it was being mixed ({len(counts)} records counted, "
+                f"{valid} read now); run mix again with --overwrite"
+            )
     stats.kept = sum(1 for c in counts if c > 0)
     stats.rejected = stats.read - stats.kept
     stats.extra = {"written": out.count}
-    out.commit()
-    rejects.commit()
 
 
 def mix_corpus(

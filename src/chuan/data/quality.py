@@ -42,6 +42,7 @@ from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
     StageRun,
+    committed,
     dir_fingerprint,
     run_shards,
     shard_records,
@@ -448,24 +449,19 @@ def _score_shard(
     scores: list[float] = []
     records = (record for _, record in shard_records(path, stats, rejects))
     bar = tqdm(desc=f"quality {path.name}", unit="doc", disable=not progress)
-    try:
-        for chunk in _chunks(records, batch_docs):
-            texts = [r["text"] for r in chunk]
-            for record, score in zip(chunk, model.predict(texts), strict=True):
-                record[field] = float(score)
-                out.write(record)
-                scores.append(float(score))
-            bar.update(len(chunk))
-    except BaseException:
-        out.abort()
-        rejects.abort()
-        raise
-    finally:
-        bar.close()
+    with committed(out, rejects):
+        try:
+            for chunk in _chunks(records, batch_docs):
+                texts = [r["text"] for r in chunk]
+                for record, score in zip(chunk, model.predict(texts), strict=True):
+                    record[field] = float(score)
+                    out.write(record)
+                    scores.append(float(score))
+                bar.update(len(chunk))
+        finally:
+            bar.close()
     stats.kept = out.count
     stats.extra = {"histogram": _histogram(scores, 0.0, 1.0), "score_sum": float(sum(scores))}
-    out.commit()
-    rejects.commit()
 
 
 def score_corpus(
@@ -649,32 +645,27 @@ def _perplexity_shard(
     log10_ppl: list[float] = []
     bar = tqdm(desc=f"perplexity {path.name}", unit="doc", disable=not progress)
     records = (record for _, record in shard_records(path, stats, rejects))
-    try:
-        for chunk in _chunks(records, batch_size * 8):
-            texts = [r["text"] for r in chunk]
-            nats = document_log_perplexities(
-                model, tokenizer, texts, batch_size=batch_size, max_length=max_length
-            )
-            for record, value in zip(chunk, nats, strict=True):
-                record[field] = None if value is None else math.exp(value)
-                out.write(record)
-                if value is not None:
-                    log10_ppl.append(value / math.log(10))
-            bar.update(len(chunk))
-    except BaseException:
-        out.abort()
-        rejects.abort()
-        raise
-    finally:
-        bar.close()
+    with committed(out, rejects):
+        try:
+            for chunk in _chunks(records, batch_size * 8):
+                texts = [r["text"] for r in chunk]
+                nats = document_log_perplexities(
+                    model, tokenizer, texts, batch_size=batch_size, max_length=max_length
+                )
+                for record, value in zip(chunk, nats, strict=True):
+                    record[field] = None if value is None else math.exp(value)
+                    out.write(record)
+                    if value is not None:
+                        log10_ppl.append(value / math.log(10))
+                bar.update(len(chunk))
+        finally:
+            bar.close()
     stats.kept = out.count
     stats.extra = {
         "histogram": _histogram(log10_ppl, *_LOG10_PPL_RANGE),
         "score_sum": float(sum(log10_ppl)),
         "unscored": out.count - len(log10_ppl),
     }
-    out.commit()
-    rejects.commit()
 
 
 def score_perplexity(

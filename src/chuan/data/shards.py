@@ -22,6 +22,7 @@ without the output dir itself, so a stage never reads its own shards, rejects or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -314,6 +315,20 @@ class JsonlZstWriter:
         self._out.close()
         self._raw.close()
         self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def committed(*writers: JsonlZstWriter) -> Iterator[None]:
+    """The one ending of a shard's writers: all committed when the block ends normally, all
+    aborted (temporary files removed, nothing renamed) on any exception, Ctrl-C included."""
+    try:
+        yield
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    for writer in writers:
+        writer.commit()
 
 
 def read_jsonl_zst(path: Path) -> Iterator[dict]:
