@@ -40,13 +40,13 @@ from chuan.infer.loading import load_model, load_tokenizer
 from chuan.infer.quantize import (
     QLinear,
     QuantSpec,
-    perplexity,
     quantize_dir,
     quantize_model,
     render_memory_table,
 )
 from chuan.model import BaichuanForCausalLM, preset_config
 from chuan.model.checkpoint import copy_side_files
+from chuan.model.nll import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -152,7 +152,7 @@ def accuracy_table(model: BaichuanForCausalLM, ids: list[int], window: int) -> s
         logits = variant(input_ids=tokens).logits
         diff = (logits - reference).abs()
         agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
-        ppl = perplexity(variant, ids, window)
+        ppl = perplexity(variant, ids, max_length=window)
         lines.append(
             f"| {name} | {weight_mib(variant):.2f} | {diff.max():.4f} | {diff.mean():.5f} | "
             f"{agree:.2%} | {ppl:.3f} |"

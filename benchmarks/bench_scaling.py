@@ -89,7 +89,7 @@ def prepare_data(data: Path, work: Path) -> tuple[Path, Path]:
 
 def load_config(args: argparse.Namespace):
     """The recipe of `--config` on the data of `--work` (made first if need be)."""
-    from chuan.eval.sweep import load_sweep_config
+    from chuan.scaling.sweep import load_sweep_config
 
     tokenizer, packed = prepare_data(args.data, args.work)
     overrides = [f"data=[{packed}]", f"base.tokenizer={tokenizer}", f"out={args.work / 'sweep'}"]
@@ -129,7 +129,7 @@ def estimate(full, rows: list[dict], scratch: Path) -> tuple[list[list], float]:
     report). On a busy machine, CPU time / wall time while timing, against the threads used,
     says how much faster idle cores would be.
     """
-    from chuan.eval.sweep import plan_sweep
+    from chuan.scaling.sweep import plan_sweep
 
     plan = plan_sweep(full)
     done = {r["name"]: r for r in rows}
@@ -175,7 +175,7 @@ def naive_curve_fit(flops: np.ndarray, loss: np.ndarray):
 def compare_fits(points) -> list[list]:
     """chuan's fit and the two alternatives, each fitted on the frontier without the
     largest-compute run and asked for that run's loss."""
-    from chuan.eval.scaling import holdout_largest
+    from chuan.scaling.fit import holdout_largest
 
     check = holdout_largest(points)
     held = check.held_out
@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from chuan.eval.scaling import fit_sweep, read_runs
-    from chuan.eval.sweep import run_sweep
+    from chuan.scaling.fit import fit_sweep, read_runs
+    from chuan.scaling.sweep import run_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chuan.data.clean import CleanConfig
 from chuan.data.mix import MixConfig
-from chuan.eval.sweep import SweepConfig
+from chuan.scaling.sweep import SweepConfig
 from chuan.train.config import PretrainConfig
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"

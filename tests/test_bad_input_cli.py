@@ -23,7 +23,8 @@ import zstandard
 
 from chuan.cli import build_parser, main
 from chuan.model.checkpoint import init_model_dir
-from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ import pytest
 import zstandard
 
 from chuan.cli import build_parser, main
-from chuan.data.io import UnreadableFileError, iter_records
 from chuan.data.shards import output_records
-from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+from chuan.documents import UnreadableFileError, iter_records
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "chuan" / "assets" / "sample"

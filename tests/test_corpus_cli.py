@@ -103,7 +103,8 @@ def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys, test_data):
 
 def llama_tokenizer(test_data: Path, tmp_path: Path) -> Path:
     """The LLaMA tokenizer from the test data, as a tokenizer dir."""
-    from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+    from chuan.tokenizer.hf import write_tokenizer_dir
+    from chuan.tokenizer.spm import load_proto
 
     out = tmp_path / "tok"
     write_tokenizer_dir(out, load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model"))

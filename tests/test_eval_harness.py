@@ -15,7 +15,8 @@ import yaml
 from chuan.cli import eval_ppl, main
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.model.checkpoint import init_model_dir
-from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
 
 pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from chuan.cli import eval_mcq
-from chuan.data.io import RecordError
+from chuan.documents import RecordError
 from chuan.eval import mcq_data, prompts, subjects
 from chuan.eval.mcq import (
     Encoder,
@@ -39,7 +39,8 @@ from chuan.eval.mcq import (
 from chuan.eval.mcq_data import McqItem
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.model.checkpoint import init_model_dir
-from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto
 from chuan.tokenizer.train import train_tokenizer
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents

@@ -21,7 +21,8 @@ from chuan.eval.perplexity import evaluate_perplexity
 from chuan.infer.loading import load_model, load_tokenizer
 from chuan.model.checkpoint import init_model_dir
 from chuan.model.nll import sliding_windows
-from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents
 

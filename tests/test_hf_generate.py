@@ -162,7 +162,8 @@ def test_lm_eval_generate_until(test_data, tmp_path):
 
     from chuan.infer.loading import load_model, load_tokenizer
     from chuan.model.checkpoint import init_model_dir
-    from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+    from chuan.tokenizer.hf import write_tokenizer_dir
+    from chuan.tokenizer.spm import load_proto
 
     tok_dir = write_tokenizer_dir(
         tmp_path / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")

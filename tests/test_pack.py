@@ -17,7 +17,8 @@ from datasets import List, Value
 from chuan.data.pack import bin_bounds, labels_from_row, pack_corpus
 from chuan.model import BaichuanForCausalLM, preset_config
 from chuan.model.loss import IGNORE_INDEX
-from chuan.tokenizer.spm import load_proto, load_sentencepiece, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import load_proto, load_sentencepiece
 from helpers.corpus import write_jsonl
 
 BOS, EOS, PAD = 1, 2, 0  # LLaMA's ids; pad is <unk>, as Baichuan pads

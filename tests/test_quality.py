@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from chuan.data.quality import (
+from chuan.data.quality_classifier import (
     FeatureSpec,
     QualityModel,
     binary_metrics,
     feature_buckets,
     roc_auc,
     score_corpus,
-    score_perplexity,
     span_hashes,
     train_quality_model,
 )
+from chuan.data.quality_lm import score_perplexity
 from chuan.data.shards import output_records, read_jsonl_zst
 from helpers.corpus import write_jsonl
 
@@ -208,7 +208,8 @@ def test_score_corpus_adds_quality_keeps_fields_and_counts(tmp_path, trained, co
 def lm_dir(tmp_path_factory, test_data) -> Path:
     """A random tiny chuan model with the LLaMA tokenizer beside it."""
     from chuan.model.checkpoint import init_model_dir
-    from chuan.tokenizer.spm import load_proto, write_tokenizer_dir
+    from chuan.tokenizer.hf import write_tokenizer_dir
+    from chuan.tokenizer.spm import load_proto
 
     root = tmp_path_factory.mktemp("lm")
     write_tokenizer_dir(
@@ -219,16 +220,19 @@ def lm_dir(tmp_path_factory, test_data) -> Path:
 
 
 def reference_mean_loss(model, ids: list[int], max_length: int) -> float:
-    """Each window run alone (no padding, no batch), log-softmax of the model's logits."""
+    """Each window run alone (no padding, no batch), log-softmax of the model's logits: inputs
+    `ids[start : start + max_length]` predict `ids[start + 1 : start + max_length + 1]`, and
+    the next window starts at `start + max_length` (`chuan.model.nll`'s independent chunks)."""
     total, count, start = 0.0, 0, 0
     while start < len(ids) - 1:
-        window = torch.tensor([ids[start : start + max_length]])
+        inputs = torch.tensor([ids[start : start + max_length]])
+        targets = torch.tensor(ids[start + 1 : start + max_length + 1])
         with torch.no_grad():
-            logits = model(input_ids=window).logits[0].double()
-        log_probs = torch.log_softmax(logits[:-1], dim=-1)
-        total -= log_probs.gather(1, window[0, 1:, None]).sum().item()
-        count += window.shape[1] - 1
-        start += max_length - 1
+            logits = model(input_ids=inputs).logits[0, : len(targets)].double()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        total -= log_probs.gather(1, targets[:, None]).sum().item()
+        count += len(targets)
+        start += max_length
     return total / count
 
 

@@ -30,12 +30,12 @@ from chuan.infer.quantize import (
     quantize_int4,
     quantize_int8,
     quantize_model,
-    read_source,
     unpack_int4,
     weight_bytes,
 )
 from chuan.model import BaichuanForCausalLM, preset_config
 from chuan.model.checkpoint import copy_side_files, init_model_dir
+from chuan.model.convert import read_as_baichuan
 from chuan.model.nll import perplexity
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents
@@ -289,7 +289,7 @@ def test_quantized_dir_holds_exactly_the_targets(trained, tmp_path):
         == 10
     )
     with pytest.raises(ValueError, match="already quantized"):
-        read_source(out)
+        read_as_baichuan(out)
 
 
 def test_alibi_and_plain_head_models_quantize(tmp_path):
@@ -324,7 +324,7 @@ def test_bad_quantization_configs_are_named(tmp_path):
 
 def test_build_model_names_missing_weights(tmp_path):
     init_model_dir(tmp_path / "m", "tiny", seed=1, num_hidden_layers=1)
-    config, state = read_source(tmp_path / "m")
+    config, state = read_as_baichuan(tmp_path / "m")
     state.pop("model.norm.weight")
     with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\]"):
         build_model(config, state, where=tmp_path / "m")

@@ -16,7 +16,7 @@ import pytest
 import chuan
 from chuan.cli import scaling as scaling_cli
 from chuan.config import ConfigError, from_dict
-from chuan.eval.scaling import (
+from chuan.scaling.fit import (
     RunPoint,
     ScalingFitError,
     fit_power_law,
@@ -24,7 +24,7 @@ from chuan.eval.scaling import (
     holdout_largest,
     read_runs,
 )
-from chuan.eval.sweep import (
+from chuan.scaling.sweep import (
     CSV_COLUMNS,
     SweepConfig,
     load_sweep_config,
@@ -84,7 +84,7 @@ def test_covariance_and_prediction_error_match_a_gauss_newton_computation():
 
 
 def test_initial_guess_is_a_log_log_line_of_the_loss_above_nine_tenths_of_its_minimum():
-    from chuan.eval.scaling import _initial_guess
+    from chuan.scaling.fit import _initial_guess
 
     log_x = np.log([1.0, 10.0, 100.0])
     loss = np.array([4.0, 3.0, 2.5])

@@ -20,8 +20,9 @@ from chuan.tokenizer.hf import (
     BaichuanTokenizer,
     BaichuanTokenizerFast,
     load_tokenizer,
+    write_tokenizer_dir,
 )
-from chuan.tokenizer.spm import ModelProto, load_proto, write_tokenizer_dir
+from chuan.tokenizer.spm import ModelProto, load_proto
 
 pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
 

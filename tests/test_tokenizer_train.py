@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from chuan.data.io import Document, RecordError
+from chuan.documents import Document, RecordError
 from chuan.tokenizer.spm import load_proto, load_sentencepiece
 from chuan.tokenizer.train import (
     USER_DEFINED_SYMBOLS,

@@ -9,7 +9,7 @@ from chuan.cli.options import float_in
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from chuan.eval.sweep import load_sweep_config, plan_sweep, plan_table, run_sweep
+    from chuan.scaling.sweep import load_sweep_config, plan_sweep, plan_table, run_sweep
 
     config = load_sweep_config(args.config, args.overrides)
     if args.plan:
@@ -27,7 +27,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from chuan.eval.scaling import fit_sweep
+    from chuan.scaling.fit import fit_sweep
 
     report = fit_sweep(
         args.runs,

@@ -45,7 +45,6 @@ import numpy as np
 from tqdm import tqdm
 
 from chuan.config import ConfigError, bounded
-from chuan.data.io import corpus_files
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
@@ -57,6 +56,7 @@ from chuan.data.shards import (
     shard_records,
     totals,
 )
+from chuan.documents import corpus_files
 from chuan.errors import InputError
 from chuan.fileio import write_atomic
 

@@ -46,7 +46,8 @@ import torch
 from datasets.table import InMemoryTable
 from tqdm import tqdm
 
-from chuan.data.io import (
+from chuan.data.shards import RUN_FILE, claim_output, dir_fingerprint, run_record
+from chuan.documents import (
     RecordError,
     UnreadableFileError,
     as_paths,
@@ -54,7 +55,6 @@ from chuan.data.io import (
     iter_records,
     to_document,
 )
-from chuan.data.shards import RUN_FILE, claim_output, dir_fingerprint, run_record
 from chuan.errors import InputError
 from chuan.fileio import atomic_dir
 from chuan.model.loss import IGNORE_INDEX

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import zstandard
 
-from chuan.data.io import (
+from chuan.documents import (
     STAGE_RUN_FILE,
     RecordError,
     UnreadableFileError,

@@ -1,1 +1,1 @@
-"""Evaluation: multiple-choice benchmarks (MMLU / CMMLU / C-Eval), perplexity, scaling laws."""
+"""Evaluation: MMLU / CMMLU / C-Eval, perplexity, lm-evaluation-harness."""

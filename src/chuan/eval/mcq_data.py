@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chuan.data.io import RecordError
+from chuan.documents import RecordError
 from chuan.errors import InputError, MissingError
 
 LETTERS = ("A", "B", "C", "D")

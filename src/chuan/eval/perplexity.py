@@ -22,7 +22,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chuan.data.io import RecordError, corpus_files, format_of, iter_records, open_text, to_document
+from chuan.documents import (
+    RecordError,
+    corpus_files,
+    format_of,
+    iter_records,
+    open_text,
+    to_document,
+)
 from chuan.errors import InputError, MissingError
 from chuan.model.nll import sequence_nats
 
@@ -169,7 +176,7 @@ def _whole_file(path: Path) -> str:
 def _file_texts(
     path: Path, *, lines: bool, text_field: str, rejects: list[RecordError]
 ) -> list[str]:
-    """The documents of one file; bad records go to `rejects`, as `chuan.data.io` reports
+    """The documents of one file; bad records go to `rejects`, as `chuan.documents` reports
     them, and so do empty documents (nothing to score)."""
     if format_of(path).startswith(".txt") and not lines:
         try:

@@ -25,6 +25,7 @@ from chuan.errors import InputError
 from chuan.infer.generate import stream_tokens
 from chuan.infer.sampling import SamplingConfig, describe, eos_stop_ids, generation_defaults
 from chuan.infer.text import TextStream
+from chuan.model.modeling import BaichuanForCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +182,10 @@ def stream_chat(
 def chat(model, tokenizer, messages: Sequence[dict], cfg: SamplingConfig | None = None) -> str:
     """The reply to `messages` (see `stream_chat`)."""
     return "".join(stream_chat(model, tokenizer, messages, cfg))
+
+
+# Baichuan's published usage is `model.chat(tokenizer, messages)`. The model class gets the two
+# methods from this room, which generates, so that `model` never imports `infer`; importing
+# chuan (any part of it) imports this module.
+BaichuanForCausalLM.chat = chat
+BaichuanForCausalLM.stream_chat = stream_chat

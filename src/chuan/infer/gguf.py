@@ -28,9 +28,8 @@ import torch
 
 from chuan.errors import InputError, OutputExistsError
 from chuan.fileio import atomic_file
-from chuan.infer.quantize import read_source
 from chuan.model.config import BaichuanConfig
-from chuan.model.convert import baichuan_to_llama
+from chuan.model.convert import baichuan_to_llama, read_as_baichuan
 from chuan.tokenizer.spm import ModelProto, load_proto
 
 ARCH = "llama"
@@ -160,7 +159,7 @@ def export_gguf(
         raise OutputExistsError(
             f"{out_path} already exists; choose another path or pass --overwrite"
         )
-    config, state = read_source(src_dir)
+    config, state = read_as_baichuan(src_dir)
     if config.position_encoding != "rope":
         raise InputError(
             f"{src_dir} uses ALiBi (the 13B family): GGUF export covers RoPE models only, "

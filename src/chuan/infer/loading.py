@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 
 from chuan.errors import InputError
+from chuan.infer.quantize import QUANT_METHOD, load_quantized
 from chuan.model.checkpoint import TOKENIZER_FILES, read_config_dict
+from chuan.model.convert import load_as_baichuan
+from chuan.model.precision import prefers_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,11 +27,9 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on a GPU with bf16 and fp32 elsewhere: CPUs without native bf16 run
-    bf16 matmuls about 100x slower than fp32."""
+    """`auto` is bf16 where `prefers_bf16` (a GPU with bf16), fp32 elsewhere."""
     if dtype == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if prefers_bf16(device) else torch.float32
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
@@ -37,7 +38,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def is_quantized(model_dir: str | Path) -> bool:
     """Whether `config.json` says the dir was written by `chuan quantize`."""
     quant = read_config_dict(model_dir).get("quantization_config") or {}
-    return quant.get("quant_method") == "chuan"
+    return quant.get("quant_method") == QUANT_METHOD
 
 
 def load_model(model_dir: str | Path, *, device: str | None = None, dtype: str = "auto"):
@@ -45,12 +46,8 @@ def load_model(model_dir: str | Path, *, device: str | None = None, dtype: str =
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     if is_quantized(model_dir):
-        from chuan.infer.quantize import load_quantized
-
         model = load_quantized(model_dir, device=target, dtype=torch_dtype)
     else:
-        from chuan.model.convert import load_as_baichuan
-
         model = load_as_baichuan(model_dir, dtype=torch_dtype).to(target)
     model.name_or_path = str(model_dir)  # where chat finds the dir's generation defaults
     return model.eval()

@@ -6,6 +6,11 @@ into `lm_head` by normalising its rows in fp32, as hiyouga/LLaMA-Factory's
 `scripts/convert_ckpt/llamafy_baichuan2.py` does (fp16 `normalize` fails on the CPU,
 vllm-project/vllm#1022). The import concatenates q/k/v and keeps a plain head: enabling
 NormHead on a LLaMA head would change the function.
+
+`read_as_baichuan` is the one reader of a model dir for every consumer that wants chuan's own
+layout (convert, load, quantize, GGUF export): like a torchtitan per-model
+`state_dict_adapter`'s `from_hf`, it maps each source layout to the native one in one place,
+and `baichuan_to_llama` is the way back (`to_hf`).
 """
 
 from __future__ import annotations
@@ -22,28 +27,64 @@ from chuan.model.config import BaichuanConfig
 from chuan.model.modeling import BaichuanForCausalLM
 
 FORMATS = ("baichuan", "llama")
+# `quantization_config.quant_method` of a `chuan quantize` dir (`chuan.infer.quantize`).
+QUANTIZED_METHOD = "chuan"
 _LAYER_KEY = "model.layers.{}.self_attn.{}.weight"
 
 
+def read_as_baichuan(src: str | Path) -> tuple[BaichuanConfig, dict[str, torch.Tensor]]:
+    """Config and state dict, in the Baichuan layout, of an unquantized Baichuan / chuan or
+    HF LLaMA model dir (a LLaMA dir is converted in memory by `llama_to_baichuan`)."""
+    raw = read_config_dict(src)
+    if (raw.get("quantization_config") or {}).get("quant_method") == QUANTIZED_METHOD:
+        raise InputError(f"{src} is already quantized by chuan; start from the unquantized model")
+    source = raw.get("model_type")
+    if source == "llama":
+        return llama_to_baichuan(raw, read_state_dict(src), where=src)
+    if source == "baichuan":
+        return read_config(src), read_state_dict(src)
+    raise InputError(
+        f"{src}/config.json has model_type {source!r}; chuan reads {FORMATS} model dirs only"
+    )
+
+
 def convert(src: str | Path, out: str | Path, to: str, *, overwrite: bool = False) -> Path:
-    """Convert the model dir `src` (format read from its config.json) to format `to`."""
+    """Convert the model dir `src` (format read from its config.json) to format `to`.
+
+    baichuan -> baichuan rewrites a released dir (.bin, implicit fields) in chuan's layout.
+    """
     if to not in FORMATS:
         raise InputError(f"--to must be one of {FORMATS}, got {to!r}")
-    raw = read_config_dict(src)
-    source = raw.get("model_type")
-    if source not in FORMATS:
-        raise InputError(
-            f"{src}/config.json has model_type {source!r}; chuan converts {FORMATS} only"
-        )
-    if (source, to) == ("llama", "llama"):
+    if (read_config_dict(src).get("model_type"), to) == ("llama", "llama"):
         raise InputError(f"{src} is already a LLaMA dir; use --to baichuan to import it")
+    config, state = read_as_baichuan(src)
     if to == "llama":
-        config, state = baichuan_to_llama(read_config(src), read_state_dict(src))
-    elif source == "llama":
-        config, state = llama_to_baichuan(raw, read_state_dict(src), where=src)
-    else:  # baichuan -> baichuan: rewrite a released dir (.bin, implicit fields) in chuan's layout
-        config, state = read_config(src), read_state_dict(src)
+        config, state = baichuan_to_llama(config, state)
     return write_model_dir(out, config, state, side_files_from=src, overwrite=overwrite)
+
+
+def load_checked(
+    model: BaichuanForCausalLM,
+    state: dict[str, torch.Tensor],
+    *,
+    where: str | Path = "",
+    assign: bool = False,
+) -> None:
+    """Load `state` into `model` (`assign`: adopt its tensors), refusing missing or unexpected
+    weights (a tied `lm_head.weight` may be absent), then tie the head when the config says so.
+
+    Shape mismatches raise `RuntimeError` from `load_state_dict`, for the caller to explain.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
+    tied = model.config.tie_word_embeddings
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise InputError(
+            f"{where}: weights do not fit the config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    if tied:
+        model.tie_weights()
 
 
 def load_as_baichuan(
@@ -53,37 +94,20 @@ def load_as_baichuan(
 
     This is how continued pretraining starts from LLaMA-2 without an intermediate dir.
     """
-    raw = read_config_dict(src)
-    if raw.get("model_type") == "llama":
-        config, state = llama_to_baichuan(raw, read_state_dict(src), where=src)
-    elif raw.get("model_type") == "baichuan":
-        config, state = read_config(src), read_state_dict(src)
-    else:
-        raise InputError(
-            f"{src}/config.json has model_type {raw.get('model_type')!r}; "
-            f"chuan loads {FORMATS} dirs"
-        )
+    config, state = read_as_baichuan(src)
     for key, value in config_overrides.items():
         if not hasattr(config, key):
             raise InputError(f"unknown model config field {key!r}")
         setattr(config, key, value)
     model = BaichuanForCausalLM(config)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        load_checked(model, state, where=src)
     except RuntimeError as err:  # shapes: read_state_dict checked them, so an override
         raise InputError(
             f"{src}: the weights do not fit the model once {sorted(config_overrides)} are "
             f"overridden ({str(err).splitlines()[-1].strip()}); only override fields that "
             "keep the shapes"
         ) from None
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise InputError(
-            f"{src}: weights do not fit the config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    if config.tie_word_embeddings:
-        model.tie_weights()
     return model.to(dtype)
 
 

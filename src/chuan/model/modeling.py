@@ -306,20 +306,6 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    # `chat` / `stream_chat` mirror Baichuan's published `model.chat(tokenizer, messages)` usage.
-    def chat(self, tokenizer, messages: list[dict], cfg=None) -> str:
-        """The reply to `messages` (`chuan.infer.chat.chat`); `cfg` is a `SamplingConfig`,
-        by default the model dir's generation settings."""
-        from chuan.infer.chat import chat
-
-        return chat(self, tokenizer, messages, cfg)
-
-    def stream_chat(self, tokenizer, messages: list[dict], cfg=None):
-        """The reply to `messages` as text pieces (`chuan.infer.chat.stream_chat`)."""
-        from chuan.infer.chat import stream_chat
-
-        return stream_chat(self, tokenizer, messages, cfg)
-
     def head_weight(self) -> torch.Tensor:
         """The matrix the logits are computed with (row-normalised for NormHead)."""
         if isinstance(self.lm_head, NormHead):

@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from chuan.data.io import iter_documents
+from chuan.documents import iter_documents
 from chuan.errors import InputError
-from chuan.tokenizer.spm import ModelProto, load_proto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import ModelProto, load_proto
 from chuan.tokenizer.train import split_sentences
 
 Piece = ModelProto.SentencePiece

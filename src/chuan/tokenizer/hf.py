@@ -32,6 +32,7 @@ from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from chuan.errors import InputError
+from chuan.fileio import atomic_dir
 from chuan.model import BaichuanConfig
 from chuan.tokenizer.spm import ModelProto, load_proto, model_file
 
@@ -436,3 +437,20 @@ AutoTokenizer.register(
     fast_tokenizer_class=BaichuanTokenizerFast,
     exist_ok=True,
 )
+
+
+def write_tokenizer_dir(
+    out: str | Path,
+    proto: ModelProto,
+    *,
+    extra_files: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `tokenizer.model`, the HF tokenizer files and `extra_files` (name -> text, e.g. a
+    report) for `proto`, all in one atomic step."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
+        write_hf_files(tmp, proto)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(out)

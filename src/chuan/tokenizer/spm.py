@@ -1,8 +1,8 @@
 """SentencePiece models on disk: a tokenizer dir is `tokenizer.model` plus Hugging Face files.
 
 Every command accepts a dir holding only `tokenizer.model` (or the `.model` file itself);
-writers always add the HF files so `AutoTokenizer.from_pretrained(dir)` works after
-`import chuan`.
+`chuan.tokenizer.hf.write_tokenizer_dir` always adds the HF files, so
+`AutoTokenizer.from_pretrained(dir)` works after `import chuan`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from chuan.errors import InputError, MissingError
-from chuan.fileio import atomic_dir
 
 ModelProto = sp_pb2.ModelProto
 
@@ -60,22 +59,3 @@ def load_sentencepiece(tokenizer: str | Path) -> spm.SentencePieceProcessor:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as err:
         raise _not_a_model(path, str(err).strip() or type(err).__name__) from None
-
-
-def write_tokenizer_dir(
-    out: str | Path,
-    proto: ModelProto,
-    *,
-    extra_files: dict[str, str] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write `tokenizer.model`, the HF tokenizer files and `extra_files` (name -> text, e.g. a
-    report) for `proto`, all in one atomic step."""
-    from chuan.tokenizer.hf import write_hf_files
-
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
-        write_hf_files(tmp, proto)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-    return Path(out)

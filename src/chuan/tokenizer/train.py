@@ -43,9 +43,10 @@ from pathlib import Path
 import sentencepiece as spm
 from tqdm import tqdm
 
-from chuan.data.io import Document, as_paths, iter_documents
+from chuan.documents import Document, as_paths, iter_documents
 from chuan.errors import InputError, OutputExistsError
-from chuan.tokenizer.spm import ModelProto, write_tokenizer_dir
+from chuan.tokenizer.hf import write_tokenizer_dir
+from chuan.tokenizer.spm import ModelProto
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def train_tokenizer(
 ) -> TrainReport:
     """Train a Baichuan 2-style BPE tokenizer on `inputs` and write a tokenizer dir to `out`.
 
-    inputs: corpus files or dirs (`chuan.data.io.iter_documents`: JSONL / JSON / Parquet
+    inputs: corpus files or dirs (`chuan.documents.iter_documents`: JSONL / JSON / Parquet
         records with a string `text_field`, or `.txt` with one document per line; gz/zst ok).
     out: the tokenizer dir to write (`tokenizer.model`, HF files, `train_report.json`).
     vocab_size: total pieces, at least `MIN_VOCAB_SIZE` (256 meta + 256 bytes + 256 learned);

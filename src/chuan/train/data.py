@@ -18,6 +18,7 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from chuan.data.pack import labels_from_row
 from chuan.errors import InputError, MissingError
+from chuan.model.loss import IGNORE_INDEX
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Batch:
             segment_ids,
             labels,
             num_tokens=int((segment_ids != 0).sum()),
-            num_labels=int((labels[:, 1:] != -100).sum()),
+            num_labels=int((labels[:, 1:] != IGNORE_INDEX).sum()),
             one_segment=bool((segment_ids == 1).all()),
         )
 
@@ -60,7 +61,7 @@ class Batch:
         return Batch(
             self.input_ids,
             self.segment_ids,
-            torch.full_like(self.labels, -100),
+            torch.full_like(self.labels, IGNORE_INDEX),
             num_tokens=0,
             num_labels=0,
             one_segment=self.one_segment,

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -57,35 +56,6 @@ def init_world(device: str = "auto", backend: str | None = None) -> World:
 def close_world(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def strategy_for(requested: str, world: World) -> str:
-    """`auto` = `none` in one process and `fsdp` under torchrun."""
-    if requested == "auto":
-        return "fsdp" if world.distributed else "none"
-    if requested != "none" and not world.distributed:
-        return "none"  # DDP/FSDP over one rank is the plain model with extra hooks
-    return requested
-
-
-def shard_fsdp(model: nn.Module, world: World) -> nn.Module:
-    """FSDP2 in place: each decoder layer is one unit, the root holds embeddings, norm, head."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(world.device.type, (world.size,))
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
-def wrap_ddp(model: nn.Module, world: World) -> nn.Module:
-    """DDP over the currently trainable parameters (re-wrap after changing `requires_grad`)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [world.device.index] if world.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
 
 
 def all_reduce(tensor: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:

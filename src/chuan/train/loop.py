@@ -1,8 +1,8 @@
 """`chuan pretrain`: one loop for pretraining from scratch and continued pretraining.
 
 The loop owns the order of things and nothing else: the model comes from `chuan.model`, rows
-from `train.data`, the optimizer and schedule from `train.optim`, wrapping from
-`train.distributed`, checkpoints from `train.checkpoint`, logging from `train.metrics`.
+from `train.data`, the optimizer and schedule from `train.optim`, a ready model from
+`train.parallelize`, checkpoints from `train.checkpoint`, logging from `train.metrics`.
 
 Exactness is by construction: a step's rows are a function of (stage, step, rank), the loss of
 a step is the token-mean over the whole global batch (summed per micro-batch, divided by the
@@ -32,6 +32,7 @@ from chuan.fileio import write_atomic
 from chuan.model.checkpoint import tokenizer_vocab_size
 from chuan.model.convert import load_as_baichuan
 from chuan.model.modeling import BaichuanForCausalLM
+from chuan.model.precision import prefers_bf16
 from chuan.model.presets import parameter_count, preset_config, training_flops_per_token
 from chuan.train.checkpoint import (
     TrainerState,
@@ -48,9 +49,6 @@ from chuan.train.distributed import (
     all_reduce,
     close_world,
     init_world,
-    shard_fsdp,
-    strategy_for,
-    wrap_ddp,
 )
 from chuan.train.metrics import (
     MetricsLogger,
@@ -60,6 +58,7 @@ from chuan.train.metrics import (
     truncate_metrics,
 )
 from chuan.train.optim import build_optimizer, build_scheduler, set_trainable
+from chuan.train.parallelize import parallelize, strategy_for, wrap_ddp
 
 
 class TrainingDiverged(ChuanError, RuntimeError):
@@ -145,13 +144,10 @@ def build_model(cfg: PretrainConfig) -> BaichuanForCausalLM:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs with bf16 (and wherever asked for); fp32 on a CPU by default,
-    where bf16 matmuls without native support run ~100x slower."""
+    """bf16 autocast where asked for, or by default where `prefers_bf16`; else fp32."""
     if precision == "fp32":
         return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "bf16" or prefers_bf16(device):
         return torch.bfloat16
     return None
 
@@ -320,17 +316,10 @@ class Trainer:
         holdout = _holdout(cfg)  # the data first: a wrong path fails before any model is built
         self.plans = plan_stages(cfg, world, holdout)
         self.eval_rows = _eval_rows(cfg, holdout)
-        self.model = build_model(cfg).to(world.device)
-        if cfg.activation_checkpointing:
-            self.model.activation_checkpointing_enable({"use_reentrant": False})
-        if cfg.compile:
-            for layer in self.model.model.layers:
-                layer.compile()
+        self.model = parallelize(build_model(cfg).to(world.device), cfg, world)
         self.model.train()
         self.config = self.model.config
         self.strategy = strategy_for(cfg.distributed.strategy, world)
-        if self.strategy == "fsdp":
-            shard_fsdp(self.model, world)
         self.autocast = autocast_dtype(cfg.precision, world.device)
         self.row_length = self.plans[0].rows.row_length
         self.flops_per_token = training_flops_per_token(self.config, self.row_length)

@@ -1,31 +1,26 @@
-"""Quality scores: a hashed n-gram linear classifier and a language-model perplexity scorer.
+"""Document quality scores from a hashed n-gram linear classifier.
 
 Baichuan scores documents rather than only dropping them (Baichuan 2 technical report,
-arXiv:2309.10305, §2.1): a score becomes a sampling weight in `chuan data mix`. Two offline
-scorers live here:
+arXiv:2309.10305, §2.1): a score becomes a sampling weight in `chuan data mix`. The quality
+model (`train_quality_model`, `score_corpus`) is logistic regression with L2 on hashed
+features, trained on curated "good" text against "bad" text. Features are character 1-3-grams
+(enough for Chinese, where a character is nearly a word) plus word 1-2-grams of the non-CJK
+words (English; a Chinese clause is never one "word", as `\\W` splitting would make it), hashed
+into 2^20 buckets by a stable 64-bit polynomial hash computed with numpy (Python's `hash` is
+salted per process, so it cannot be used), counted, log-scaled and L2-normalised per document.
+The model dir holds `weights.safetensors` and `config.json` (feature spec, buckets, version):
+no pickle.
 
-- **Quality model** (`train_quality_model`, `score_corpus`): logistic regression with L2 on
-  hashed features, trained on curated "good" text against "bad" text. Features are character
-  1-3-grams (enough for Chinese, where a character is nearly a word) plus word 1-2-grams of the
-  non-CJK words (English; a Chinese clause is never one "word", as `\\W` splitting would make
-  it), hashed into 2^20 buckets by a stable 64-bit polynomial hash computed with numpy (Python's
-  `hash` is salted per process, so it cannot be used), counted, log-scaled and L2-normalised per
-  document. The model dir holds `weights.safetensors` and `config.json` (feature spec, buckets,
-  version): no pickle.
-- **Perplexity** (`score_perplexity`, the CCNet approach): the per-document mean token loss of
-  any chuan (or transformers causal LM) model dir, batched with right padding. Long documents
-  are cut into windows of `max_length` tokens that share one token, so every token but the
-  first is predicted exactly once.
-
-Both scorers add one float field to every record and run through `chuan.data.shards.run_shards`
-(resumable, rejects counted, every input field kept).
+The other offline scorer, perplexity under a language model, is `chuan.data.quality_lm`; both
+add one float field to every record, run through `chuan.data.shards.run_shards` (resumable,
+rejects counted, every input field kept) and write the report built here
+(`scoring_report`, `write_scoring_report`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,7 +32,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from chuan.data.io import iter_documents
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
@@ -48,6 +42,7 @@ from chuan.data.shards import (
     shard_records,
     totals,
 )
+from chuan.documents import iter_documents
 from chuan.errors import InputError, MissingError
 from chuan.fileio import atomic_dir, write_atomic
 
@@ -353,7 +348,7 @@ def train_quality_model(
 ) -> dict[str, Any]:
     """Train the good-vs-bad classifier and write the model dir `out`; returns the report.
 
-    `good` and `bad` are corpus files or dirs (any format `chuan.data.io` reads). A seeded,
+    `good` and `bad` are corpus files or dirs (any format `chuan.documents` reads). A seeded,
     stratified `holdout` fraction is kept out of training and reported (AUC, precision and
     recall of "good" at 0.5); the saved model is the one those numbers describe.
     """
@@ -413,15 +408,17 @@ def _training_markdown(report: dict) -> str:
     )
 
 
-# --- scoring stages ----------------------------------------------------------------------------
+# --- scoring stages (the report is shared with quality_lm) ------------------------------------
 
 
-def _histogram(values: list[float], low: float, high: float) -> list[int]:
+def histogram_counts(values: list[float], low: float, high: float) -> list[int]:
+    """Counts of `values` (clipped to the range) in `HISTOGRAM_BINS` equal bins."""
     counts, _ = np.histogram(np.clip(values, low, high), bins=HISTOGRAM_BINS, range=(low, high))
     return counts.tolist()
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last may be shorter)."""
     chunk = []
     for item in items:
         chunk.append(item)
@@ -451,7 +448,7 @@ def _score_shard(
     bar = tqdm(desc=f"quality {path.name}", unit="doc", disable=not progress)
     with committed(out, rejects):
         try:
-            for chunk in _chunks(records, batch_docs):
+            for chunk in chunks(records, batch_docs):
                 texts = [r["text"] for r in chunk]
                 for record, score in zip(chunk, model.predict(texts), strict=True):
                     record[field] = float(score)
@@ -461,7 +458,7 @@ def _score_shard(
         finally:
             bar.close()
     stats.kept = out.count
-    stats.extra = {"histogram": _histogram(scores, 0.0, 1.0), "score_sum": float(sum(scores))}
+    stats.extra = {"histogram": histogram_counts(scores, 0.0, 1.0), "score_sum": float(sum(scores))}
 
 
 def score_corpus(
@@ -496,12 +493,12 @@ def score_corpus(
         inputs, out, stage="quality score", settings=settings, overwrite=overwrite
     ) as run:
         stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
-        report = _scoring_report(stats, field, seed, model_dir, model.meta, (0.0, 1.0))
-        _write_scoring_report(Path(out), report, f"{field}_hist.png", f"P(good) ({field})")
+        report = scoring_report(stats, field, seed, model_dir, model.meta, (0.0, 1.0))
+        write_scoring_report(Path(out), report, f"{field}_hist.png", f"P(good) ({field})")
     return report
 
 
-def _scoring_report(
+def scoring_report(
     stats: list[ShardStats],
     field: str,
     seed: int,
@@ -509,6 +506,7 @@ def _scoring_report(
     model_meta: dict,
     value_range: tuple[float, float],
 ) -> dict[str, Any]:
+    """The stage report: totals, the summed histogram and the mean of the scored values."""
     histogram = np.sum([s.extra["histogram"] for s in stats], axis=0).tolist() if stats else []
     scored = sum(histogram)
     return {
@@ -523,7 +521,8 @@ def _scoring_report(
     }
 
 
-def _write_scoring_report(out: Path, report: dict, plot_name: str, xlabel: str) -> None:
+def write_scoring_report(out: Path, report: dict, plot_name: str, xlabel: str) -> None:
+    """`report.json`, `report.md` and, when anything was scored, the histogram plot."""
     if report["scored"]:
         low, high = report["histogram"]["range"]
         _plot_histogram(report["histogram"]["counts"], low, high, xlabel, out / plot_name)
@@ -554,163 +553,3 @@ def _plot_histogram(counts: list[int], low: float, high: float, xlabel: str, pat
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# --- perplexity --------------------------------------------------------------------------------
-
-# log10(perplexity) histogram range: 1 to 10^6.
-_LOG10_PPL_RANGE = (0.0, 6.0)
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_lm(model_dir: str, device: str):
-    """The causal LM and its tokenizer, loaded once per process."""
-    from transformers import AutoModelForCausalLM
-
-    import chuan  # noqa: F401 - registers the Baichuan classes with the Auto classes
-    from chuan.tokenizer.hf import load_tokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, load_tokenizer(model_dir)
-
-
-def token_windows(ids: list[int], max_length: int) -> list[list[int]]:
-    """Windows of at most `max_length` tokens, consecutive windows sharing one token, so each
-    token after the first is a prediction target exactly once."""
-    if max_length < 2:
-        raise InputError(f"max_length must be >= 2, got {max_length}")
-    step = max_length - 1
-    return [ids[start : start + max_length] for start in range(0, max(len(ids) - 1, 1), step)]
-
-
-def window_losses(model, windows: list[list[int]], pad_id: int) -> torch.Tensor:
-    """Summed next-token loss of each window, one right-padded batch.
-
-    The 2-D attention mask marks real tokens 1 and padding 0 (chuan reads it as segment ids).
-    """
-    length = max(len(w) for w in windows)
-    ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(windows), length), dtype=torch.long)
-    for row, window in enumerate(windows):
-        ids[row, : len(window)] = torch.tensor(window)
-        mask[row, : len(window)] = 1
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100).to(device)
-    losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, reduction="none", ignore_index=-100
-    )
-    return losses.sum(dim=1).double().cpu()
-
-
-def document_log_perplexities(
-    model, tokenizer, texts: list[str], *, batch_size: int, max_length: int
-) -> list[float | None]:
-    """Mean next-token loss (nats) of each text after a BOS when the tokenizer has one; None
-    for a text with no token to predict."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    windows = [
-        (doc, w) for doc, ids in enumerate(encoded) for w in token_windows(bos + ids, max_length)
-    ]
-    windows.sort(key=lambda item: len(item[1]))  # similar lengths share a batch: less padding
-    loss = np.zeros(len(texts))
-    targets = np.zeros(len(texts))
-    for batch in _chunks(iter(windows), batch_size):
-        sums = window_losses(model, [w for _, w in batch], pad_id)
-        for (doc, window), total in zip(batch, sums.tolist(), strict=True):
-            loss[doc] += total
-            targets[doc] += len(window) - 1
-    return [float(s / n) if n else None for s, n in zip(loss, targets, strict=True)]
-
-
-def _perplexity_shard(
-    path: Path,
-    shard: Path,
-    rejects_path: Path,
-    stats: ShardStats,
-    *,
-    model_dir: str,
-    field: str,
-    batch_size: int,
-    max_length: int,
-    device: str,
-    progress: bool,
-) -> None:
-    """Add `field` = perplexity (None when the text has no token) to every valid record."""
-    model, tokenizer = _cached_lm(model_dir, device)
-    out, rejects = JsonlZstWriter(shard), JsonlZstWriter(rejects_path)
-    log10_ppl: list[float] = []
-    bar = tqdm(desc=f"perplexity {path.name}", unit="doc", disable=not progress)
-    records = (record for _, record in shard_records(path, stats, rejects))
-    with committed(out, rejects):
-        try:
-            for chunk in _chunks(records, batch_size * 8):
-                texts = [r["text"] for r in chunk]
-                nats = document_log_perplexities(
-                    model, tokenizer, texts, batch_size=batch_size, max_length=max_length
-                )
-                for record, value in zip(chunk, nats, strict=True):
-                    record[field] = None if value is None else math.exp(value)
-                    out.write(record)
-                    if value is not None:
-                        log10_ppl.append(value / math.log(10))
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-    stats.kept = out.count
-    stats.extra = {
-        "histogram": _histogram(log10_ppl, *_LOG10_PPL_RANGE),
-        "score_sum": float(sum(log10_ppl)),
-        "unscored": out.count - len(log10_ppl),
-    }
-
-
-def score_perplexity(
-    inputs,
-    model_dir: str | Path,
-    out: str | Path,
-    *,
-    field: str = "perplexity",
-    batch_size: int = 8,
-    max_length: int = 512,
-    seed: int = 0,
-    device: str = "cpu",
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """CCNet-style scoring: add `field` = exp(mean token loss) of a causal LM to every record.
-
-    `model_dir` is any chuan model dir with its tokenizer (or a transformers causal LM dir
-    with a `tokenizer.model`). Memory per batch is `batch_size * max_length * vocab * 4`
-    bytes of logits. The report's mean and histogram are of log10(perplexity); perplexity
-    thresholds belong to one model and one language (datajuicer/data-juicer#127). Scoring is
-    deterministic; `seed` is recorded only.
-    """
-    if max_length < 2:
-        raise InputError(f"max_length must be >= 2, got {max_length}")
-    if not Path(model_dir).is_dir():
-        raise MissingError(f"{model_dir} is not a model dir (not found or not a dir)")
-    work = functools.partial(
-        _perplexity_shard,
-        model_dir=str(Path(model_dir).resolve()),
-        field=field,
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        progress=progress,
-    )
-    meta = {"max_length": max_length, "batch_size": batch_size, "statistic": "log10(perplexity)"}
-    settings = {"scorer": "perplexity", "model": dir_fingerprint(model_dir), "field": field}
-    settings.update(max_length=max_length, seed=seed)
-    with StageRun(
-        inputs, out, stage="quality score", settings=settings, overwrite=overwrite
-    ) as run:
-        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
-        report = _scoring_report(stats, field, seed, model_dir, meta, _LOG10_PPL_RANGE)
-        report["unscored"] = sum(s.extra["unscored"] for s in stats)
-        _write_scoring_report(Path(out), report, f"{field}_hist.png", f"log10 {field}")
-    return report

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from chuan.data.io import (
+from chuan.documents import (
     Document,
     RecordError,
     corpus_files,

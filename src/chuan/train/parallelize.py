@@ -1,0 +1,54 @@
+"""The model made ready to train, the way torchtitan's `parallelize.py` does it: the model
+knows nothing of parallelism; this step applies activation checkpointing, then
+`torch.compile` per decoder layer, then FSDP2 sharding, and the trainer receives the result.
+DDP is the one wrapper applied per stage (`wrap_ddp`): its reducer records which parameters
+train, and a stage may freeze some."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from chuan.train.config import PretrainConfig
+from chuan.train.distributed import World
+
+
+def parallelize(model: nn.Module, cfg: PretrainConfig, world: World) -> nn.Module:
+    """`model` (on its device) with `cfg`'s activation checkpointing, compilation and, when
+    the strategy is FSDP, sharding applied in place; returned for chaining."""
+    if cfg.activation_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if cfg.compile:
+        for layer in model.model.layers:
+            layer.compile()
+    if strategy_for(cfg.distributed.strategy, world) == "fsdp":
+        shard_fsdp(model, world)
+    return model
+
+
+def strategy_for(requested: str, world: World) -> str:
+    """`auto` = `none` in one process and `fsdp` under torchrun."""
+    if requested == "auto":
+        return "fsdp" if world.distributed else "none"
+    if requested != "none" and not world.distributed:
+        return "none"  # DDP/FSDP over one rank is the plain model with extra hooks
+    return requested
+
+
+def shard_fsdp(model: nn.Module, world: World) -> nn.Module:
+    """FSDP2 in place: each decoder layer is one unit, the root holds embeddings, norm, head."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(world.device.type, (world.size,))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap_ddp(model: nn.Module, world: World) -> nn.Module:
+    """DDP over the currently trainable parameters (re-wrap after changing `requires_grad`)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
