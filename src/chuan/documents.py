@@ -66,6 +66,13 @@ class RecordError(InputError):
         where = str(path) if line is None else f"{path}:{line}"
         super().__init__(f"{where}: field {field!r}: {reason}" if field else f"{where}: {reason}")
 
+    @property
+    def summary(self) -> str:
+        """The reason without its details, for counting rejects by kind: "invalid JSON (Expecting
+        value at column 1)" -> "invalid JSON", prefixed by the field when there is one."""
+        reason = self.reason.split(" (")[0]
+        return f"{self.field}: {reason}" if self.field else reason
+
     def __reduce__(self):  # so a worker process can send it back whole
         return self.__class__, (self.path, self.line, self.reason, self.field)
 

@@ -6,6 +6,7 @@ An exception removes the temporary dir; a run killed half-way leaves at most a h
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -63,3 +64,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def write_report(out: str | Path, data: dict, markdown: str) -> Path:
+    """A stage's report in its output dir: `report.json` for machines, `report.md` for
+    people, each written atomically. Returns the path of `report.md`."""
+    out = Path(out)
+    write_atomic(out / REPORT_JSON, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return write_atomic(out / REPORT_MD, markdown)

@@ -15,7 +15,8 @@ _OVERWRITE_HELP = (
 
 def _data_clean(args: argparse.Namespace) -> None:
     from chuan.config import load_config
-    from chuan.data.clean import REPORT_FILE, CleanConfig, clean_corpus
+    from chuan.data.clean import CleanConfig, clean_corpus
+    from chuan.fileio import REPORT_JSON
 
     config = load_config(CleanConfig, args.config, args.overrides)
     report = clean_corpus(
@@ -30,12 +31,13 @@ def _data_clean(args: argparse.Namespace) -> None:
     langs = ", ".join(f"{k} {n:,}" for k, n in report["kept_per_lang"].items())
     print(
         f"wrote {args.out}: {report['read']:,} read, {report['kept']:,} kept ({langs}), "
-        f"{report['rejected']:,} rejected; report in {args.out}/{REPORT_FILE}"
+        f"{report['rejected']:,} rejected; report in {args.out}/{REPORT_JSON}"
     )
 
 
 def _data_dedup(args: argparse.Namespace) -> None:
-    from chuan.data.dedup import REPORT_FILE, dedup_corpus
+    from chuan.data.dedup import dedup_corpus
+    from chuan.fileio import REPORT_JSON
 
     report = dedup_corpus(
         args.inputs,
@@ -55,7 +57,7 @@ def _data_dedup(args: argparse.Namespace) -> None:
         f"wrote {args.out}: kept {report['kept']:,} of {report['read']:,} documents "
         f"({report['exact_duplicates']:,} exact, {report['near_duplicates']:,} near duplicates; "
         f"{report['sentence_dups_removed']:,} repeated sentences removed); "
-        f"report in {args.out}/{REPORT_FILE}"
+        f"report in {args.out}/{REPORT_JSON}"
     )
 
 
@@ -126,7 +128,8 @@ def _data_mix(args: argparse.Namespace) -> None:
 
 
 def _data_pack(args: argparse.Namespace) -> None:
-    from chuan.data.pack import REPORT_FILE, pack_corpus
+    from chuan.data.pack import pack_corpus
+    from chuan.fileio import REPORT_JSON
 
     report = pack_corpus(
         args.inputs,
@@ -141,7 +144,7 @@ def _data_pack(args: argparse.Namespace) -> None:
     print(
         f"wrote {args.out}: {report.documents:,} documents ({report.rejected:,} rejected) -> "
         f"{report.rows:,} rows of {report.max_length:,} tokens, fill {report.fill:.1%}; "
-        f"report in {args.out}/{REPORT_FILE}"
+        f"report in {args.out}/{REPORT_JSON}"
     )
 
 

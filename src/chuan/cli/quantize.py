@@ -8,7 +8,8 @@ from chuan.cli.options import int_at_least
 
 
 def _quantize(args: argparse.Namespace) -> None:
-    from chuan.infer.quantize import REPORT_MD, quantize_dir, render_memory_table, write_report
+    from chuan.fileio import REPORT_MD
+    from chuan.infer.quantize import quantize_dir, render_memory_table, write_report
 
     report = quantize_dir(
         args.model, args.out, bits=args.bits, group_size=args.group_size, overwrite=args.overwrite

@@ -24,7 +24,6 @@ Rules are switched off by name in `CleanConfig.disabled` (names as in `chuan.dat
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,10 +44,8 @@ from chuan.data.shards import (
     totals,
 )
 from chuan.errors import DependencyError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_report
 
-REPORT_FILE = "report.json"
-SUMMARY_FILE = "report.md"
 STAGE_RULES = ("lang_other", rules.REPEATED_LINE_RULE)
 
 
@@ -311,8 +308,7 @@ def clean_corpus(
     with StageRun(inputs, out, stage="clean", settings=settings, overwrite=overwrite) as run:
         stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
         report = build_report(stats, config, seed=seed, seconds=time.perf_counter() - start)
-        write_atomic(out / REPORT_FILE, json.dumps(report, ensure_ascii=False, indent=1) + "\n")
-        write_atomic(out / SUMMARY_FILE, report_markdown(report))
+        write_report(out, report, report_markdown(report))
     return report
 
 

@@ -58,10 +58,8 @@ from chuan.data.shards import (
     totals,
 )
 from chuan.errors import InputError
-from chuan.fileio import atomic_file, write_atomic
+from chuan.fileio import atomic_file, write_atomic, write_report
 
-REPORT_FILE = "report.json"
-SUMMARY_FILE = "report.md"
 SENTENCE_MAX_REPEATS = 3
 # Sentences shorter than this (normalised characters) are never deduplicated ("Yes.", "谢谢。").
 SENTENCE_MIN_CHARS = 10
@@ -211,8 +209,7 @@ def _dedup(
     report = _report(params, curve, stats, corpus, decisions, shards, out, timing)
     report["signatures"] = {"computed": computed, "reused": reused}
     report["workers"] = workers
-    write_atomic(out / REPORT_FILE, json.dumps(report, indent=1, ensure_ascii=False))
-    write_atomic(out / SUMMARY_FILE, summary_markdown(report))
+    write_report(out, report, summary_markdown(report))
     return report
 
 

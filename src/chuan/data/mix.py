@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
 import zlib
@@ -58,7 +57,7 @@ from chuan.data.shards import (
 )
 from chuan.documents import corpus_files
 from chuan.errors import InputError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_report
 
 _CJK_CHAR = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 NOT_SAMPLED = "not sampled"
@@ -492,8 +491,7 @@ def _mix(
         "categories": {name: asdict(plan) for name, plan in sorted(plans.items())},
         "per_shard": [s.to_json() for s in stats],
     }
-    write_atomic(Path(out) / "report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    write_atomic(Path(out) / "report.md", _markdown(report))
+    write_report(out, report, _markdown(report))
     return report
 
 

@@ -44,7 +44,7 @@ from chuan.data.shards import (
 )
 from chuan.documents import iter_documents
 from chuan.errors import InputError, MissingError
-from chuan.fileio import atomic_dir, write_atomic
+from chuan.fileio import atomic_dir, write_report
 
 MODEL_FORMAT = "chuan-quality-linear"
 MODEL_VERSION = 1
@@ -381,8 +381,7 @@ def train_quality_model(
     model.meta = {"trained": {k: report[k] for k in ("seed", "l2", "documents", "held_out")}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save(tmp)
-        (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n", "utf-8")
-        (tmp / "report.md").write_text(_training_markdown(report), "utf-8")
+        write_report(tmp, report, _training_markdown(report))
     return report
 
 
@@ -527,7 +526,6 @@ def write_scoring_report(out: Path, report: dict, plot_name: str, xlabel: str) -
         low, high = report["histogram"]["range"]
         _plot_histogram(report["histogram"]["counts"], low, high, xlabel, out / plot_name)
         report["plot"] = plot_name
-    write_atomic(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     mean = "n/a" if report["mean"] is None else f"{report['mean']:.4f}"
     reasons = "".join(f"| {k} | {v} |\n" for k, v in report["reasons"].items()) or "| - | 0 |\n"
     summary = (
@@ -536,7 +534,7 @@ def write_scoring_report(out: Path, report: dict, plot_name: str, xlabel: str) -
         f"{report['rejected']} rejected; mean {mean}.\n\n"
         f"| rejected because | records |\n|---|---|\n{reasons}"
     )
-    write_atomic(out / "report.md", summary)
+    write_report(out, report, summary)
 
 
 def _plot_histogram(counts: list[int], low: float, high: float, xlabel: str, path: Path) -> None:

@@ -349,8 +349,7 @@ def shard_records(
     def reject(error: RecordError) -> None:
         stats.read += 1
         stats.rejected += 1
-        reason = error.reason.split(" (")[0]  # "invalid JSON", not its column
-        stats.reasons[f"{error.field}: {reason}" if error.field else reason] += 1
+        stats.reasons[error.summary] += 1
         if rejects is not None:
             rejects.write({"file": error.path, "line": error.line, "reason": str(error)})
             if error.line is None:  # a whole file is rejected: say so now

@@ -3,14 +3,13 @@ matter per stage, the plots, and the commands that redo each stage by hand."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from chuan.fileio import write_atomic
+from chuan import fileio
 from chuan.quickstart.runner import Context, Stage
 
 
@@ -188,5 +187,4 @@ def render(ctx: Context, stages: list[Stage]) -> str:
 
 def write_report(ctx: Context, stages: list[Stage]) -> Path:
     data = {"out": str(ctx.out), "stages": {name: r for name, r in ctx.results.items()}}
-    write_atomic(ctx.path("report.json"), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return write_atomic(ctx.path("report.md"), render(ctx, stages))
+    return fileio.write_report(ctx.out, data, render(ctx, stages))

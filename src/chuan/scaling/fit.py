@@ -19,7 +19,6 @@ report, arXiv:2309.10305, §2.7). chuan's own procedure:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from chuan.errors import InputError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_report
 
 MIN_POINTS = 3  # three parameters
 _B_MAX = -1e-9  # `b < 0`: curve_fit's bounds are closed
@@ -504,6 +503,5 @@ def fit_sweep(
         "png": str(out / PNG_NAME),
     }
     plot_scaling(points, front, fit, list(predict), check, out / PNG_NAME, title=title)
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
-    write_atomic(out / "report.md", _markdown(report))
+    write_report(out, report, _markdown(report))
     return report

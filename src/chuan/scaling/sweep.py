@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from chuan.config import ConfigError, from_dict, load_config, to_dict
 from chuan.errors import InputError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_atomic, write_report
 from chuan.train.config import PretrainConfig
 
 CSV_COLUMNS = (
@@ -505,7 +505,6 @@ def _write_report(result: SweepResult, plan: SweepPlan) -> None:
         "wall_seconds": total_wall,
         "runs_csv": str(result.out / "runs.csv"),
     }
-    write_atomic(result.out / "report.json", json.dumps(report, indent=2))
     lines = [
         f"# Scaling sweep ({report['status']})",
         "",
@@ -524,4 +523,4 @@ def _write_report(result: SweepResult, plan: SweepPlan) -> None:
             f"{r['eval_loss']:.4f} | {r['wall_seconds']:.0f} |"
         )
     lines.extend(["", *(f"- left out: {m}" for m in result.left_out)])
-    write_atomic(result.out / "report.md", "\n".join(lines).rstrip() + "\n")
+    write_report(result.out, report, "\n".join(lines).rstrip() + "\n")

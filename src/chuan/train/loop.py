@@ -14,7 +14,6 @@ to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from chuan.config import to_dict
 from chuan.errors import ChuanError, OutputExistsError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_atomic, write_report
 from chuan.model.checkpoint import tokenizer_vocab_size
 from chuan.model.convert import load_as_baichuan
 from chuan.model.modeling import BaichuanForCausalLM
@@ -556,8 +555,7 @@ class Trainer:
             ],
             "loss_png": str(plot) if plot else None,
         }
-        write_atomic(self.run_dir / "report.json", json.dumps(report, indent=2))
-        write_atomic(self.run_dir / "report.md", _report_markdown(report))
+        write_report(self.run_dir, report, _report_markdown(report))
 
 
 def _fmt(value, spec: str) -> str:

@@ -35,8 +35,6 @@ from chuan.infer.quantize.hf import (
 )
 from chuan.infer.quantize.report import (
     PUBLISHED_GIB,
-    REPORT_JSON,
-    REPORT_MD,
     QuantizeReport,
     linear_shapes,
     memory_table,
@@ -66,8 +64,6 @@ __all__ = [
     "KERNEL_MAX_ROWS",
     "PUBLISHED_GIB",
     "QUANT_METHOD",
-    "REPORT_JSON",
-    "REPORT_MD",
     "TARGET_MODULES",
     "ChuanHfQuantizer",
     "ChuanQuantizationConfig",

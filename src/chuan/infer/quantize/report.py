@@ -4,13 +4,12 @@ shapes, beside Baichuan 2's published table), and `quantize_dir` with its report
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from chuan.fileio import write_atomic
+from chuan import fileio
 from chuan.infer.quantize.formats import DEFAULT_GROUP_SIZE, INT4_SCALE_DTYPE, QLinear, QuantSpec
 from chuan.infer.quantize.transform import build_model, quantize_model
 from chuan.model.checkpoint import write_model_dir
@@ -18,8 +17,6 @@ from chuan.model.config import BaichuanConfig
 from chuan.model.convert import read_as_baichuan
 from chuan.model.presets import parameter_count, preset_config
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
 # Baichuan 2 README, "Quantization Deployment" (GB; they are GiB: 7.5e9 bf16 params = 14.0).
 PUBLISHED_GIB = {
     "Baichuan2-7B": {"bf16": 14.0, "int8": 8.0, "int4": 5.1},
@@ -208,5 +205,4 @@ def render_report(report: QuantizeReport) -> str:
 
 
 def write_report(report: QuantizeReport, out: str | Path) -> None:
-    write_atomic(Path(out) / REPORT_JSON, json.dumps(asdict(report), indent=2) + "\n")
-    write_atomic(Path(out) / REPORT_MD, render_report(report))
+    fileio.write_report(out, asdict(report), render_report(report))
