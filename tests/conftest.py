@@ -1,5 +1,11 @@
 """Fixtures for every test module: the real third-party test data in `tests/data`, and tiny
-model dirs."""
+model dirs.
+
+The tests mirror the rooms of `src/chuan` (`tests/model/`, `tests/tokenizer/`, ...), one folder
+per room; `test_layers.py`, which walks every room, stays here. Test file basenames stay unique
+(no `__init__.py`: pytest's default import mode needs that); a fixture used by one room only
+goes into that room's `conftest.py`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers
 
+# `tests/data` is test data, not the data room: chuan.data's tests live in `tests/corpus/`
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 

@@ -159,7 +159,7 @@ def test_stage_length_from_tokens_rounds_up_to_whole_steps(tmp_path):
     assert plans[0].warmup == 11  # warmup is capped at the stage length
 
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py
 RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("scaling-"))
 
@@ -173,7 +173,7 @@ def test_every_recipe_loads(recipe):
 
 
 def test_published_settings_are_in_the_baichuan2_recipes():
-    root = Path(__file__).parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     seven, thirteen = (load_pretrain_config(root / f"baichuan2-{s}.yaml") for s in ("7b", "13b"))
     for cfg in (seven, thirteen):
         assert (cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.grad_clip) == (

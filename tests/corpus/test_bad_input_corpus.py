@@ -30,7 +30,7 @@ from chuan.tokenizer.hf import write_tokenizer_dir
 from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
 
-SAMPLE = Path(__file__).resolve().parents[1] / "src" / "chuan" / "assets" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "chuan" / "assets" / "sample"
 
 
 def chuan(capsys, *argv) -> tuple[int, str]:

@@ -22,7 +22,7 @@ def raw(tmp_path_factory) -> Path:
     """Bible chapters in English and Chinese (the bundled sample), exact and lightly edited
     copies, and junk."""
     root = tmp_path_factory.mktemp("raw")
-    sample = Path(__file__).resolve().parents[1] / "src" / "chuan" / "assets" / "sample"
+    sample = Path(__file__).resolve().parents[2] / "src" / "chuan" / "assets" / "sample"
     docs = []
     for name in ("bible_kjv_en.jsonl", "bible_cuvs_zh.jsonl"):
         lines = (sample / name).read_text(encoding="utf-8").splitlines()[:60]

@@ -34,7 +34,7 @@ from chuan.scaling.sweep import (
 )
 
 SAMPLE = Path(chuan.__file__).parent / "assets" / "sample"
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "scaling-smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "scaling-smoke.yaml"
 
 
 def law(c, a, b, l_inf):

@@ -81,7 +81,7 @@ def test_config_reference_is_generated_from_the_dataclasses():
     """docs/config-reference.md must be what the script writes now (re-run it after a change)."""
     import runpy
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     script = runpy.run_path(str(root / "scripts" / "make_config_reference.py"))
     on_disk = (root / "docs" / "config-reference.md").read_text(encoding="utf-8")
     assert script["render"]() == on_disk, "run: python scripts/make_config_reference.py"

@@ -29,7 +29,7 @@ from chuan.train.checkpoint import list_checkpoints
 from helpers.corpus import write_jsonl
 from helpers.pretrain_fixtures import bible_documents, pretrain_config, write_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 

@@ -84,7 +84,7 @@ def files(tmp_path_factory, test_data) -> dict:
     }
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _out(f: dict, name: str) -> str:
