@@ -49,9 +49,9 @@ import torch
 import yaml
 
 from chuan.eval import mcq_data, prompts
-from chuan.eval.mcq import Encoder, McqSetup, aggregate, evaluate_loaded
+from chuan.eval.mcq import McqConfig, PromptEncoder, aggregate, evaluate_loaded
 from chuan.fileio import write_atomic
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.model import swiglu_intermediate_size
 from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.train import train_tokenizer
@@ -208,17 +208,17 @@ def run_lm_eval(model, tokenizer, task: str, data: dict, dev: dict, work: Path):
 # --- chuan ---------------------------------------------------------------------------------
 
 
-def run_chuan(model, tokenizer, setup: McqSetup):
+def run_chuan(model, tokenizer, setup: McqConfig):
     timer = Timer()
     result = evaluate_loaded(model, tokenizer, setup, progress=False, log=lambda _: None)
     timer.stop()
     return timer, {(p["subject"], p["index"]): p["pred"] for p in result["predictions"]}
 
 
-def chuan_prompts(tokenizer, setup: McqSetup, data: dict, dev: dict) -> dict:
+def chuan_prompts(tokenizer, setup: McqConfig, data: dict, dev: dict) -> dict:
     """The prompt text chuan builds for every question (for the same-prompt check)."""
     fmt = prompts.prompt_format(prompts.DEFAULT_PRESETS[setup.task], setup.task)
-    count = Encoder(tokenizer).count
+    count = PromptEncoder(tokenizer).count
     texts = {}
     for subject, items in data.items():
         for item in items:
@@ -239,13 +239,13 @@ def _row(tool: str, timer: Timer, task: str, data: dict, preds: dict) -> dict:
     return {"tool": tool, "wall_s": timer.wall, "cpu_s": timer.cpu, "micro": micro, "macro": macro}
 
 
-def measure(setup: McqSetup, model_dir: Path | None, size: str, work: Path) -> dict:
+def measure(setup: McqConfig, model_dir: Path | None, size: str, work: Path) -> dict:
     """Both tools on the same model object and questions; their times, accuracies and how
     far their prompts and predictions agree."""
     data = mcq_data.load_split(setup.data_dir, setup.split, setup.subjects)
     dev = mcq_data.load_split(setup.data_dir, "dev", list(data))
     model_dir = model_dir or build_model(work, size)
-    model, tokenizer = load_model(model_dir, device="cpu"), load_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
     chuan_t, chuan_preds = run_chuan(model, tokenizer, setup)
     lm_t, lm_preds, contexts = run_lm_eval(model, tokenizer, setup.task, data, dev, work)
     ours = chuan_prompts(tokenizer, setup, data, dev)
@@ -305,7 +305,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    setup = McqSetup(
+    setup = McqConfig(
         args.task,
         str(DATA / "eval" / args.task),
         split=SPLITS[args.task],

@@ -31,7 +31,7 @@ import torch
 from bench_quantize import bible_documents, held_out_ids, quantized, train_small_model
 from chuan.infer.generate import SamplingConfig, stream_tokens
 from chuan.infer.gguf import export_gguf
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.quantize import QuantSpec
 
 GGML_TYPE_F32 = 0
@@ -157,7 +157,7 @@ def tokenizer_table(gguf_file: Path, model_dir: Path, lines: list[str], threads:
     from llama_cpp import Llama
 
     vocab = Llama(model_path=str(gguf_file), vocab_only=True, verbose=False, n_threads=threads)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     same = sum(
         vocab.tokenize(line.encode(), add_bos=False, special=False)
         == tokenizer.encode(line, add_special_tokens=False)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from chuan.infer.generate import SamplingConfig, stream_tokens
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.quantize import (
     QLinear,
     QuantSpec,
@@ -95,7 +95,7 @@ def train_small_model(root: Path, *, steps: int, seq_len: int = 128, seed: int =
     train_tokenizer(
         write_jsonl(root / "train.jsonl", docs), root / "tok", vocab_size=3000, progress=False
     )
-    tokenizer = load_tokenizer(root / "tok")
+    tokenizer = load_saved_tokenizer(root / "tok")
     ids = torch.tensor(encode_documents(tokenizer, docs))
     rows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
     torch.manual_seed(seed)
@@ -120,7 +120,7 @@ def held_out_ids(model_dir: Path, tokens: int) -> list[int]:
     """Tokens of the verses after the training ones (English and Chinese documents)."""
     docs = bible_documents(TRAIN_VERSES + HELD_OUT_VERSES)
     held = docs[len(bible_documents(TRAIN_VERSES)) :]
-    return encode_documents(load_tokenizer(model_dir), held)[:tokens]
+    return encode_documents(load_saved_tokenizer(model_dir), held)[:tokens]
 
 
 # ---- tables ------------------------------------------------------------------------------

@@ -267,7 +267,7 @@ def test_a_signalled_pretrain_saves_and_exits_128_plus_the_signal(
 def served(tmp_path_factory, test_data):
     """A uvicorn server over a tiny model, logging into the root logger (what caplog sees)."""
     from chuan.infer.engine import Engine
-    from chuan.infer.loading import load_tokenizer
+    from chuan.infer.loading import load_saved_tokenizer
     from chuan.infer.sampling import generation_defaults
     from chuan.infer.server import create_app
     from chuan.tokenizer.train import train_tokenizer
@@ -279,7 +279,7 @@ def served(tmp_path_factory, test_data):
     model_dir = root / "model"
     engine = Engine(
         load_model(model_dir, device="cpu"),
-        load_tokenizer(model_dir),
+        load_saved_tokenizer(model_dir),
         defaults=generation_defaults(model_dir),
         max_batch=8,
     )

@@ -15,7 +15,7 @@ from chuan.config import ConfigError, load_config
 from chuan.data.mix import (
     MixConfig,
     MixInput,
-    count_tokens,
+    estimate_tokens,
     expected_copies,
     explicit_weights,
     mix_corpus,
@@ -62,14 +62,14 @@ def config(corpus: dict[str, Path], **fields) -> MixConfig:
 def written_tokens(out: Path) -> Counter:
     tokens: Counter = Counter()
     for record in output_records(out):
-        tokens[record["category"]] += count_tokens(record["text"])
+        tokens[record["category"]] += estimate_tokens(record["text"])
     return tokens
 
 
 def test_token_count_is_cjk_characters_plus_other_words():
-    assert count_tokens("起初，神创造天地。") == 7 + 2  # 7 hanzi, 2 punctuation "words"
-    assert count_tokens("In the beginning 神 created") == 5
-    assert count_tokens("GPT-4很强, really") == 2 + 3  # 很强; "GPT-4", ",", "really"
+    assert estimate_tokens("起初，神创造天地。") == 7 + 2  # 7 hanzi, 2 punctuation "words"
+    assert estimate_tokens("In the beginning 神 created") == 5
+    assert estimate_tokens("GPT-4很强, really") == 2 + 3  # 很强; "GPT-4", ",", "really"
 
 
 def test_temperature_weights_hand_example():

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from chuan.cli import eval_ppl, main
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.hf import write_tokenizer_dir
 from chuan.tokenizer.spm import load_proto
@@ -92,7 +92,7 @@ def test_local_task_matches_the_models_own_loglikelihoods(tmp_path, model_dir, c
     )  # fmt: skip
     assert "chuan_tiny_mc" in capsys.readouterr().out  # lm-eval's table
     results = json.loads(out.read_text())
-    model, tokenizer = load_model(model_dir, device="cpu"), load_tokenizer(model_dir)
+    model, tokenizer = load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
     samples = sorted(results["samples"]["chuan_tiny_mc"], key=lambda s: s["doc_id"])
     correct = correct_norm = 0
     for item, sample in zip(ITEMS, samples, strict=True):

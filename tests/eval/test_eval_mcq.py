@@ -24,8 +24,8 @@ from chuan.cli import eval_mcq
 from chuan.documents import RecordError
 from chuan.eval import mcq_data, prompts, subjects
 from chuan.eval.mcq import (
-    Encoder,
-    McqSetup,
+    McqConfig,
+    PromptEncoder,
     _prefix_groups,
     _prefix_length,
     aggregate,
@@ -37,7 +37,7 @@ from chuan.eval.mcq import (
     variant_ids,
 )
 from chuan.eval.mcq_data import McqItem
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.hf import write_tokenizer_dir
 from chuan.tokenizer.spm import load_proto
@@ -81,14 +81,16 @@ def model_dir(tokenizer_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tok(model_dir):
-    return load_tokenizer(model_dir)
+    return load_saved_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="module")
 def llama_tok(test_data, tmp_path_factory):
     """The LLaMA tokenizer: a dummy-prefix SentencePiece model, where "A" alone is `▁A`."""
     proto = load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
-    return load_tokenizer(write_tokenizer_dir(tmp_path_factory.mktemp("llama") / "tok", proto))
+    return load_saved_tokenizer(
+        write_tokenizer_dir(tmp_path_factory.mktemp("llama") / "tok", proto)
+    )
 
 
 def run_cli(argv: list[str]) -> None:
@@ -429,7 +431,7 @@ def test_select_demos_leaves_the_asked_dev_question_out():
 def test_llama_choice_ids_follow_the_context(llama_tok):
     """Dummy-prefix tokenizer: after "Answer:" the demos continue with `▁A` (319), after
     "答案：" with bare `A` (29909): Baichuan's `encode("A")[-1]` would give 319 for both."""
-    enc = Encoder(llama_tok, llama_tok.bos_token_id)
+    enc = PromptEncoder(llama_tok, llama_tok.bos_token_id)
     assert llama_tok.encode("A", add_special_tokens=False) == [319]
     got = choice_context(enc, "Q\nAnswer:", " ")
     assert got.choice_ids == (319, 350, 315, 360) and (got.offset, got.variant_offset) == (0, 0)
@@ -442,7 +444,7 @@ def test_llama_choice_ids_follow_the_context(llama_tok):
 def test_trailing_space_prompt_scores_the_merged_letter(llama_tok):
     """ColossalEval's MMLU query ends in "Answer: " (a lone ▁ token); in context the demos put
     `▁A` after "Answer:", so chuan scores there, while the variant reads after the lone ▁."""
-    enc = Encoder(llama_tok)
+    enc = PromptEncoder(llama_tok)
     prompt_ids = llama_tok.encode("Q\nAnswer: ", add_special_tokens=False)
     assert llama_tok.convert_ids_to_tokens(prompt_ids[-1]) == "▁"
     got = choice_context(enc, "Q\nAnswer: ", "")
@@ -473,7 +475,7 @@ class PieceTokenizer:
 
 
 def test_a_shared_lone_space_joins_the_context():
-    got = choice_context(Encoder(PieceTokenizer()), "Answer:", " ")
+    got = choice_context(PromptEncoder(PieceTokenizer()), "Answer:", " ")
     assert got.ids == [*map(ord, "Answer:"), ord("▁")] and not got.bare
     assert got.choice_ids == tuple(map(ord, "ABCD")) and (got.offset, got.variant_offset) == (0, 1)
 
@@ -481,24 +483,24 @@ def test_a_shared_lone_space_joins_the_context():
 def test_letters_of_mixed_shapes_fall_back_to_the_bare_pieces():
     """`▁A ▁B ▁C` are pieces but `▁D` is not: rather than score D by a lone `▁`, all four are
     read as bare letters after "Answer: "."""
-    enc = Encoder(PieceTokenizer(["▁A", "▁B", "▁C"]))
+    enc = PromptEncoder(PieceTokenizer(["▁A", "▁B", "▁C"]))
     got = choice_context(enc, "Answer:", " ")
     assert got.bare and got.ids == [*map(ord, "Answer:"), ord("▁")]
     assert got.choice_ids == tuple(map(ord, "ABCD")) and (got.offset, got.variant_offset) == (0, 1)
 
 
 def test_chat_wraps_the_prompt_and_the_letter_is_the_reply(tok, llama_tok):
-    enc = Encoder(tok, chat=True)
+    enc = PromptEncoder(tok, chat=True)
     got = choice_context(enc, "题目\n答案：", "")
     assert got.ids[0] == 195 and got.ids[-1] == 196 and got.offset == 0
     assert got.choice_ids == tuple(tok.convert_tokens_to_ids(list("ABCD")))
     assert enc.overhead() == 2
     with pytest.raises(ValueError, match="not a <reserved_N> piece"):
-        choice_context(Encoder(llama_tok, chat=True), "x", "")
+        choice_context(PromptEncoder(llama_tok, chat=True), "x", "")
 
 
 def test_over_long_prompts_are_cut_the_presets_way(tok):
-    enc = Encoder(tok)
+    enc = PromptEncoder(tok)
     ask = item("word " * 300, subject="law")
     left = build_request(enc, prompts.prompt_format("baichuan", "ceval"), ask, [], 0, 64)
     assert left.cut and len(left.choice.ids) == 64
@@ -506,7 +508,7 @@ def test_over_long_prompts_are_cut_the_presets_way(tok):
         left.choice.ids == tok.encode(prompts.prompt_format("baichuan", "ceval").query(ask))[-64:]
     )
     colossal = prompts.prompt_format("colossal-2023", "ceval")
-    mid = build_request(Encoder(tok, tok.bos_token_id), colossal, ask, [], 0, 100)
+    mid = build_request(PromptEncoder(tok, tok.bos_token_id), colossal, ask, [], 0, 100)
     whole = [tok.bos_token_id, *tok.encode(colossal.zero_shot_header("law") + colossal.query(ask))]
     half = (100 - 32) // 2  # ColossalEval keeps 32 tokens free for generation
     assert mid.cut and mid.choice.ids == whole[:half] + whole[-half:]
@@ -571,7 +573,7 @@ def letter_mask(tok, letter: str) -> torch.Tensor:
 
 
 def test_a_model_that_knows_the_answers_scores_100(tok, eval_root):
-    setup = McqSetup("ceval", str(eval_root / "ceval"), split="val", subjects=("law", "logic"))
+    setup = McqConfig("ceval", str(eval_root / "ceval"), split="val", subjects=("law", "logic"))
     gold = {
         i.question: i.answer
         for items in mcq_data.load_split(setup.data_dir, "val", list(setup.subjects)).values()
@@ -592,7 +594,7 @@ def test_a_model_that_knows_the_answers_scores_100(tok, eval_root):
 
 def test_uniform_logits_score_the_share_of_a_answers(tok, eval_root):
     """Ties go to the earliest letter, so a model without preference answers A everywhere."""
-    setup = McqSetup("ceval", str(eval_root / "ceval"), split="val", shots=0, batch_size=64)
+    setup = McqConfig("ceval", str(eval_root / "ceval"), split="val", shots=0, batch_size=64)
     flat = StubLM(len(tok), lambda ids: torch.zeros(len(ids), len(tok)))
     result = evaluate_loaded(flat, tok, setup, progress=False, log=lambda _: 0)
     data = mcq_data.load_split(setup.data_dir, "val")
@@ -782,9 +784,9 @@ def test_demos_need_a_dev_split(tok, tmp_path):
     )
     flat = StubLM(len(tok), lambda ids: torch.zeros(len(ids), len(tok)))
     with pytest.raises(FileNotFoundError, match="demos from .*dev.*--shots 0"):
-        evaluate_loaded(flat, tok, McqSetup("ceval", str(tmp_path)), log=lambda _: 0)
+        evaluate_loaded(flat, tok, McqConfig("ceval", str(tmp_path)), log=lambda _: 0)
     zero = evaluate_loaded(
-        flat, tok, McqSetup("ceval", str(tmp_path), shots=0), progress=False, log=lambda _: 0
+        flat, tok, McqConfig("ceval", str(tmp_path), shots=0), progress=False, log=lambda _: 0
     )
     assert zero["predictions"] == [{"subject": "law", "index": 0, "pred": "A", "answer": "B"}]
     assert zero["average"] == 0 and zero["mean_shots"] == 0
@@ -797,11 +799,11 @@ def test_shared_prefix_cache_scores_like_whole_prompts(preset, tokenizer_dir, ev
     init_model_dir(
         tmp_path / "m", preset, tokenizer_dir=tokenizer_dir, seed=2, initializer_range=0.2
     )
-    model, tok = load_model(tmp_path / "m", device="cpu"), load_tokenizer(tmp_path / "m")
+    model, tok = load_model(tmp_path / "m", device="cpu"), load_saved_tokenizer(tmp_path / "m")
     fmt = prompts.prompt_format("baichuan", "ceval")
     data = mcq_data.load_split(eval_root / "ceval", "val", ["logic", "college_physics"])
     dev = mcq_data.load_split(eval_root / "ceval", "dev", list(data))
-    enc = Encoder(tok)
+    enc = PromptEncoder(tok)
     requests = build_requests(enc, fmt, data, dev, 5, CONTEXT, progress=False)
     run = {
         share: score_requests(

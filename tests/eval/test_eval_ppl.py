@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from chuan.cli import eval_ppl
 from chuan.eval.perplexity import evaluate_perplexity
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.model.checkpoint import init_model_dir
 from chuan.model.nll import sliding_windows
 from chuan.tokenizer.hf import write_tokenizer_dir
@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory, test_data) -> Path:
 
 @pytest.fixture(scope="module")
 def lm(model_dir):
-    return load_model(model_dir, device="cpu"), load_tokenizer(model_dir)
+    return load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_bos_leads_when_the_tokenizer_adds_it(tmp_path, model_dir, docs):
     config_file = bos_dir / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "add_bos_token": True}))
-    model, tok = load_model(bos_dir, device="cpu"), load_tokenizer(bos_dir)
+    model, tok = load_model(bos_dir, device="cpu"), load_saved_tokenizer(bos_dir)
     assert tok.encode("x")[0] == tok.bos_token_id
     report = evaluate_perplexity(model, tok, {"d": docs[:2]}, progress=False)
     assert report.context_token == "bos"

@@ -17,14 +17,14 @@ from torch import nn
 
 from chuan.cli import main
 from chuan.eval.perplexity import compare_perplexity, first_documents
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.quantize import (
     PUBLISHED_GIB,
     TARGET_MODULES,
     QLinear,
     QuantSpec,
-    build_model,
     load_quantized,
+    model_from_state,
     pack_int4,
     quantize_dir,
     quantize_int4,
@@ -62,7 +62,7 @@ def trained(tmp_path_factory, test_data) -> dict:
     docs = [d for d in bible_documents(test_data, 4800) if d["category"] == "en"]
     corpus = write_jsonl(root / "train.jsonl", docs[:TRAIN_DOCS])
     train_tokenizer(corpus, root / "tok", vocab_size=1000, progress=False)
-    tokenizer = load_tokenizer(root / "tok")
+    tokenizer = load_saved_tokenizer(root / "tok")
     train = torch.tensor(_encode(tokenizer, docs[:TRAIN_DOCS]))
     rows = train[: len(train) // 64 * 64].view(-1, 64)
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ def test_build_model_names_missing_weights(tmp_path):
     config, state = read_as_baichuan(tmp_path / "m")
     state.pop("model.norm.weight")
     with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\]"):
-        build_model(config, state, where=tmp_path / "m")
+        model_from_state(config, state, where=tmp_path / "m")
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_transformers_loads_and_saves_quantized_dirs(trained, tmp_path):
 
 
 def test_eval_text_is_one_document_per_line_and_errors_name_the_line(trained, tmp_path):
-    tokenizer = load_tokenizer(trained["dir"])
+    tokenizer = load_saved_tokenizer(trained["dir"])
     docs = ["In the beginning", "God created", "the heaven and the earth"]
     sizes = [len(tokenizer.encode(d, add_special_tokens=False)) + 1 for d in docs]
     assert first_documents(docs, tokenizer, sum(sizes)) == docs

@@ -25,7 +25,7 @@ import uvicorn
 from chuan.infer.chat import build_chat_input
 from chuan.infer.engine import Engine, GenerationError, RowFinished, RowSpec
 from chuan.infer.generate import generate
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.sampling import generation_defaults
 from chuan.infer.server import create_app
 from chuan.infer.text import TextStream
@@ -69,7 +69,7 @@ def model(model_dir):
 
 @pytest.fixture(scope="module")
 def tokenizer(model_dir):
-    return load_tokenizer(model_dir)
+    return load_saved_tokenizer(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_lm_eval_generate_until(test_data, tmp_path):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
     from chuan.model.checkpoint import init_model_dir
     from chuan.tokenizer.hf import write_tokenizer_dir
     from chuan.tokenizer.spm import load_proto
@@ -169,7 +169,7 @@ def test_lm_eval_generate_until(test_data, tmp_path):
         tmp_path / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
     )
     init_model_dir(tmp_path / "model", "tiny", tokenizer_dir=tok_dir, seed=5)
-    model, tokenizer = load_model(tmp_path / "model"), load_tokenizer(tmp_path / "model")
+    model, tokenizer = load_model(tmp_path / "model"), load_saved_tokenizer(tmp_path / "model")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=2)
     contexts = ["The cat sat on the", "起初，神创造天地。地是空虚混沌，渊面黑暗"]
     gen_kwargs = {"until": ["\x00never"], "max_gen_toks": 10, "do_sample": False}

@@ -18,8 +18,8 @@ from chuan.tokenizer.train import (
     USER_DEFINED_SYMBOLS,
     WeightedReservoir,
     sample_training_sentences,
-    split_sentences,
     train_tokenizer,
+    training_lines,
 )
 from helpers.corpus import write_jsonl
 
@@ -227,10 +227,10 @@ def test_bad_category_weight_is_refused():
 
 def test_split_sentences():
     text = "first\r\n\n  \n一二三四五\nend"
-    assert split_sentences(text, 100) == ["first", "一二三四五", "end"]
+    assert training_lines(text, 100) == ["first", "一二三四五", "end"]
     # 10 bytes hold three 3-byte characters; cuts never split a character.
-    assert split_sentences("一二三四五ab", 10) == ["一二三", "四五ab"]
-    assert split_sentences("ab一二三", 4) == ["ab", "一", "二", "三"]
+    assert training_lines("一二三四五ab", 10) == ["一二三", "四五ab"]
+    assert training_lines("ab一二三", 4) == ["ab", "一", "二", "三"]
 
 
 def test_vocab_size_errors(corpus, tmp_path):

@@ -11,9 +11,9 @@ from chuan.eval.subjects import TASKS
 
 
 def _eval_mcq(args: argparse.Namespace) -> None:
-    from chuan.eval.mcq import McqSetup, evaluate_mcq
+    from chuan.eval.mcq import McqConfig, evaluate_mcq
 
-    setup = McqSetup(
+    setup = McqConfig(
         task=args.task,
         data_dir=args.data,
         split=args.split,

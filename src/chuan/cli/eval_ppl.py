@@ -35,13 +35,13 @@ def _report_rejects(rejects: list) -> None:
 def _ppl(args: argparse.Namespace) -> None:
     from chuan.eval.perplexity import evaluate_perplexity, format_table, read_text_files
     from chuan.fileio import write_atomic
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
 
     texts, rejects = read_text_files(args.text, lines=args.lines, text_field=args.text_field)
     _report_rejects(rejects)
     if not any(texts.values()):
         raise InputError("no document to score in " + ", ".join(map(str, args.text)))
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_saved_tokenizer(args.model)
     if tokenizer is None:
         raise MissingError(f"{args.model} has no tokenizer files")
     model = load_model(args.model, device=args.device, dtype=args.dtype)

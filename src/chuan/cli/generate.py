@@ -54,12 +54,12 @@ def _sampling_config(args: argparse.Namespace, base):
 
 def _generate(args: argparse.Namespace) -> None:
     from chuan.infer.generate import SamplingConfig, stream_tokens
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
     from chuan.infer.sampling import eos_stop_ids
     from chuan.infer.text import TextStream
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_saved_tokenizer(args.model)
     bos = model.config.bos_token_id
     if args.prompt_ids is not None:
         try:
@@ -89,12 +89,12 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _chat(args: argparse.Namespace) -> None:
     from chuan.infer.chat import stream_chat
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
     from chuan.infer.sampling import describe, generation_defaults
 
     if not Path(args.model).is_dir():
         raise MissingError(f"{args.model}: no such model dir")
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_saved_tokenizer(args.model)
     if tokenizer is None:
         raise MissingError(f"{args.model} has no tokenizer files (tokenizer.model)")
     cfg = _sampling_config(args, generation_defaults(args.model))

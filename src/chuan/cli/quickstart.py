@@ -11,9 +11,9 @@ from chuan.cli.options import float_in, int_at_least
 
 
 def _quickstart(args: argparse.Namespace) -> None:
-    from chuan.quickstart import QuickstartOptions, run_quickstart
+    from chuan.quickstart import QuickstartConfig, run_quickstart
 
-    options = QuickstartOptions(
+    options = QuickstartConfig(
         out=Path(args.out),
         minutes=args.minutes,
         fresh=args.fresh,

@@ -78,7 +78,7 @@ EMPTIED_REASON = "only repeated sentences"
 
 
 @dataclass(frozen=True)
-class DedupParams:
+class DedupConfig:
     """Every setting that changes the stage's output (recorded in `OUT/run.json`)."""
 
     threshold: float
@@ -129,7 +129,7 @@ def dedup_corpus(
                    sentence_min_chars, seed)  # fmt: skip
     if bands is None:
         bands, rows = minhash.optimal_bands(threshold, num_perm)
-    params = DedupParams(
+    params = DedupConfig(
         threshold, num_perm, ngram, bands, rows, sentence_max_repeats, sentence_min_chars, seed
     )
     out = Path(out)
@@ -182,7 +182,7 @@ def check_settings(
 
 
 def _dedup(
-    shards: list[tuple[str, Path]], out: Path, params: DedupParams, workers: int, progress: bool
+    shards: list[tuple[str, Path]], out: Path, params: DedupConfig, workers: int, progress: bool
 ) -> dict[str, Any]:
     bands, rows = params.bands, params.rows
     curve = minhash.s_curve(bands, rows)
@@ -252,7 +252,7 @@ def quality_of(record: dict) -> float:
 
 
 def _signature_pass(
-    shards: list[tuple[str, Path]], out: Path, params: DedupParams, workers: int, progress: bool
+    shards: list[tuple[str, Path]], out: Path, params: DedupConfig, workers: int, progress: bool
 ) -> tuple[int, int]:
     """Compute the missing signature shards on `workers` processes; (computed, reused)."""
     folder = out / "work" / "signatures"
@@ -276,11 +276,11 @@ def _signature_pass(
     return len(todo), len(shards) - len(todo)
 
 
-def _signature_done(marker: Path, params: DedupParams) -> bool:
+def _signature_done(marker: Path, params: DedupConfig) -> bool:
     return marker.is_file() and json.loads(marker.read_text())["params"] == params.signature_key()
 
 
-def signature_shard(name: str, path: Path, folder: Path, params: DedupParams) -> int:
+def signature_shard(name: str, path: Path, folder: Path, params: DedupConfig) -> int:
     """Pass 1 over one input file: writes `<name>.npz` then `<name>.done.json`; returns the
     number of valid records."""
     hasher = minhash.MinHasher(params.num_perm, params.seed)
@@ -322,7 +322,7 @@ def signature_shard(name: str, path: Path, folder: Path, params: DedupParams) ->
     return count
 
 
-def _sentence_keys(text: str, params: DedupParams) -> list[int]:
+def _sentence_keys(text: str, params: DedupConfig) -> list[int]:
     if params.sentence_max_repeats <= 0:
         return []
     return [sentence_key(s, params.sentence_min_chars) for s in split_sentences(text)]
@@ -374,7 +374,7 @@ def _load_signatures(shards: list[tuple[str, Path]], out: Path) -> Corpus:
     )
 
 
-def decide(corpus: Corpus, params: DedupParams) -> Decisions:
+def decide(corpus: Corpus, params: DedupConfig) -> Decisions:
     """Exact groups, LSH clusters, representatives and sentence drops for a whole corpus."""
     exact_rep = best_in_groups(_exact_groups(corpus.exact), corpus.quality)
     uniques = np.flatnonzero(exact_rep == np.arange(len(exact_rep)))
@@ -576,7 +576,7 @@ def _annotate(record: dict, fields: dict[str, Any]) -> dict:
 
 
 def _report(
-    params: DedupParams,
+    params: DedupConfig,
     curve: dict[str, float],
     stats: list[ShardStats],
     corpus: Corpus,

@@ -221,7 +221,7 @@ def category_seed(seed: int, category: str) -> np.random.Generator:
 # --- counting ----------------------------------------------------------------------------------
 
 
-def count_tokens(text: str) -> int:
+def estimate_tokens(text: str) -> int:
     """CJK characters plus whitespace-separated words of everything else."""
     return len(_CJK_CHAR.findall(text)) + len(_CJK_CHAR.sub(" ", text).split())
 
@@ -241,7 +241,7 @@ class Census:
 
 def _token_counter(tokenizer_dir: str | None):
     if tokenizer_dir is None:
-        return lambda texts: [count_tokens(t) for t in texts]
+        return lambda texts: [estimate_tokens(t) for t in texts]
     from chuan.tokenizer.hf import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)

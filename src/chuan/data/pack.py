@@ -151,7 +151,7 @@ def read_samples(files: Iterable[Path], rejects: Rejects) -> Iterator[Sample]:
             rejects.add(error)
 
 
-class Encoder:
+class SampleEncoder:
     """Samples to token ids with the tokenizer dir's fast tokenizer, a batch per call.
 
     A document is `[bos]? ids(text) [eos]`, all loss targets; a Colossal record is
@@ -227,7 +227,7 @@ class CategoryTokens:
 
 
 def tokenize_corpus(
-    files: list[Path], encoder: Encoder, rejects: Rejects, *, progress: bool
+    files: list[Path], encoder: SampleEncoder, rejects: Rejects, *, progress: bool
 ) -> dict[str, CategoryTokens]:
     """Read and tokenize every file, in batches, into per-category token streams."""
     corpus: dict[str, CategoryTokens] = {}
@@ -509,7 +509,7 @@ def pack_corpus(
     }
     record = run_record("pack", settings, files)
     claim_output(out, record, overwrite=overwrite, resumable=False)
-    encoder = Encoder(tokenizer_dir, add_bos=add_bos)
+    encoder = SampleEncoder(tokenizer_dir, add_bos=add_bos)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with open(tmp / REJECTS_FILE, "w", encoding="utf-8") as stream:
             rejects = Rejects(stream)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chuan.errors import DependencyError, InputError, MissingError
-from chuan.infer.loading import load_model, load_tokenizer
+from chuan.infer.loading import load_model, load_saved_tokenizer
 
 INSTALL_HINT = "pip install 'chuan[eval]'"
 
@@ -79,7 +79,7 @@ def run_harness(
     """
     manager = task_manager(include_path, builtin_tasks=builtin_tasks)
     names = resolve_tasks(manager, tasks)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     if tokenizer is None:
         raise MissingError(f"{model_dir} has no tokenizer files, which lm-eval needs")
     from lm_eval import simple_evaluate

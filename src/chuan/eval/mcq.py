@@ -55,7 +55,7 @@ VARIANT_TEXTS = ("Answer: {}", "答案：{}")
 
 
 @dataclass(frozen=True)
-class Encoder:
+class PromptEncoder:
     """Turns prompt text into the ids the model sees: optional BOS, optional chat wrapping."""
 
     tokenizer: object
@@ -136,7 +136,7 @@ def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def choice_context(encoder: Encoder, prompt: str, separator: str) -> Choice:
+def choice_context(encoder: PromptEncoder, prompt: str, separator: str) -> Choice:
     """The scored input and the four letter tokens of one prompt.
 
     The choice ids are the tokens where `prompt + separator + X` first differ over X in A-D,
@@ -182,7 +182,7 @@ def _cut(ids: list[int], fmt: PromptFormat, max_length: int) -> tuple[list[int],
 
 
 def build_request(
-    encoder: Encoder,
+    encoder: PromptEncoder,
     fmt: PromptFormat,
     item: McqItem,
     dev: Sequence[McqItem],
@@ -198,7 +198,7 @@ def build_request(
     return Request(item, dataclasses.replace(choice, ids=ids), prompt.shots, cut)
 
 
-def variant_ids(encoder: Encoder) -> list[tuple[int, int]]:
+def variant_ids(encoder: PromptEncoder) -> list[tuple[int, int]]:
     """ColossalEval's two ids per letter: the last token of "Answer: X" and of "答案：X"."""
     return [
         tuple(encoder.text_ids(text.format(letter))[-1] for text in VARIANT_TEXTS)
@@ -394,7 +394,7 @@ def aggregate(task: str, correct: dict[str, list[bool]], headline: str) -> dict:
 
 
 @dataclass(frozen=True)
-class McqSetup:
+class McqConfig:
     """What to evaluate and how (everything but the model)."""
 
     task: str
@@ -408,7 +408,7 @@ class McqSetup:
     max_length: int = 2048
 
 
-def _load_questions(setup: McqSetup, log: Callable[[str], None]):
+def _load_questions(setup: McqConfig, log: Callable[[str], None]):
     """(split, questions, dev questions) with the choices explained in `log`."""
     split = setup.split or mcq_data.default_split(setup.data_dir)
     if not setup.split:
@@ -432,15 +432,15 @@ def _load_questions(setup: McqSetup, log: Callable[[str], None]):
     return split, data, dev
 
 
-def _encoder(tokenizer, fmt: PromptFormat, chat: bool) -> Encoder:
+def _encoder(tokenizer, fmt: PromptFormat, chat: bool) -> PromptEncoder:
     """BOS as the preset says (None: as the tokenizer's own `add_bos_token`, which is what the
     reference scripts got by calling the tokenizer with its defaults); none inside chat."""
     if chat:
-        return Encoder(tokenizer, None, chat=True)
+        return PromptEncoder(tokenizer, None, chat=True)
     bos = fmt.bos if fmt.bos is not None else bool(getattr(tokenizer, "add_bos_token", False))
     if bos and tokenizer.bos_token_id is None:
         raise InputError(f"preset {fmt.preset} leads with BOS but the tokenizer has none")
-    return Encoder(tokenizer, tokenizer.bos_token_id if bos else None)
+    return PromptEncoder(tokenizer, tokenizer.bos_token_id if bos else None)
 
 
 def context_limit(model, max_length: int) -> int:
@@ -453,7 +453,7 @@ def context_limit(model, max_length: int) -> int:
 
 
 def build_requests(
-    encoder: Encoder,
+    encoder: PromptEncoder,
     fmt: PromptFormat,
     data: dict[str, list[McqItem]],
     dev: dict[str, list[McqItem]],
@@ -484,7 +484,7 @@ def _correct(scored: list[Scored], attr: str) -> dict[str, list[bool]]:
 def evaluate_loaded(
     model,
     tokenizer,
-    setup: McqSetup,
+    setup: McqConfig,
     *,
     model_name: str = "",
     progress: bool = True,
@@ -532,7 +532,7 @@ def evaluate_loaded(
     return _result(setup, fmt.headline, scored, run)
 
 
-def _result(setup: McqSetup, headline: str, scored: list[Scored], run: dict) -> dict:
+def _result(setup: McqConfig, headline: str, scored: list[Scored], run: dict) -> dict:
     """The result JSON: the required keys first, then how the run was made, then the
     ColossalEval reading's means and its agreement with the in-context one."""
     summary = aggregate(setup.task, _correct(scored, "pred"), headline)
@@ -558,7 +558,7 @@ def _result(setup: McqSetup, headline: str, scored: list[Scored], run: dict) -> 
 
 def evaluate_mcq(
     model_dir: str | Path,
-    setup: McqSetup,
+    setup: McqConfig,
     *,
     device: str | None = None,
     dtype: str = "auto",
@@ -568,9 +568,9 @@ def evaluate_mcq(
 ) -> dict:
     """Load `model_dir` (`chuan.infer.loading`), evaluate, print the table, and with
     `json_out` write the result JSON and a markdown report beside it (atomically)."""
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
 
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     if tokenizer is None:
         raise MissingError(f"{model_dir} has no tokenizer files; MCQ prompts are text")
     model = load_model(model_dir, device=device, dtype=dtype)

@@ -266,10 +266,10 @@ def compare_perplexity(
     documents: the non-empty lines of `text_file`, as many as fit in `max_tokens`, scored as
     `chuan eval ppl --lines --max-length max_length` scores them. One model is in memory at a
     time. Returns `{label: perplexity, ..., text, documents, tokens, window, dtype}`."""
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
 
     source = tokenizer_dir or next(iter(model_dirs.values()))
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_saved_tokenizer(source)
     if tokenizer is None:
         raise MissingError(f"{source} has no tokenizer files, which perplexity needs")
     by_file, rejects = read_text_files([text_file], lines=True)

@@ -317,10 +317,10 @@ def load_engine(
     max_batch: int = 16,
 ) -> Engine:
     """An `Engine` over the model, tokenizer and generation defaults of `model_dir`."""
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
     from chuan.infer.sampling import generation_defaults
 
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     if tokenizer is None:
         raise MissingError(f"{model_dir} has no tokenizer files; chuan serve needs text")
     model = load_model(model_dir, device=device, dtype=dtype)

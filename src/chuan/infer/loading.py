@@ -53,7 +53,7 @@ def load_model(model_dir: str | Path, *, device: str | None = None, dtype: str =
     return model.eval()
 
 
-def load_tokenizer(model_dir: str | Path):
+def load_saved_tokenizer(model_dir: str | Path):
     """The tokenizer saved in `model_dir`, or None when it has no tokenizer files."""
     from transformers import AutoTokenizer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chuan.quickstart import data_stages, model_stages, train_stages
 from chuan.quickstart.report import write_report
-from chuan.quickstart.runner import QuickstartOptions, Stage, run_stages
+from chuan.quickstart.runner import QuickstartConfig, Stage, run_stages
 
 SAMPLE = "src/chuan/assets/sample"
 STAGES = [
@@ -84,7 +84,7 @@ STAGES = [
 ]
 
 
-def run_quickstart(options: QuickstartOptions, echo=print) -> Path:
+def run_quickstart(options: QuickstartConfig, echo=print) -> Path:
     """Run (or resume) every stage, then write `report.md` and `report.json`; returns the
     report's path."""
     ctx = run_stages(options, STAGES, echo=echo)
@@ -93,4 +93,4 @@ def run_quickstart(options: QuickstartOptions, echo=print) -> Path:
     return report
 
 
-__all__ = ["STAGES", "QuickstartOptions", "run_quickstart"]
+__all__ = ["STAGES", "QuickstartConfig", "run_quickstart"]

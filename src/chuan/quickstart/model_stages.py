@@ -30,12 +30,12 @@ def _heldout_texts(ctx: Context) -> dict[str, list[str]]:
 def _perplexity(ctx: Context, model_dir: str | Path) -> dict:
     """Per-language loss, perplexity and bits per byte of a model dir on the held-out text."""
     from chuan.eval.perplexity import evaluate_perplexity
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
 
     model = load_model(model_dir, device="cpu", dtype="fp32")
     report = evaluate_perplexity(
         model,
-        load_tokenizer(model_dir),
+        load_saved_tokenizer(model_dir),
         _heldout_texts(ctx),
         max_length=MAX_LENGTH,
         batch_size=8,
@@ -47,9 +47,9 @@ def _perplexity(ctx: Context, model_dir: str | Path) -> dict:
 
 
 def _quiz(model_dir: str | Path) -> dict:
-    from chuan.eval.mcq import McqSetup, evaluate_mcq
+    from chuan.eval.mcq import McqConfig, evaluate_mcq
 
-    setup = McqSetup(task="cmmlu", data_dir=str(ASSETS / "quiz"), split="test", shots=5)
+    setup = McqConfig(task="cmmlu", data_dir=str(ASSETS / "quiz"), split="test", shots=5)
     result = evaluate_mcq(
         model_dir, setup, device="cpu", dtype="fp32", progress=False, log=lambda _: None
     )
@@ -85,10 +85,13 @@ def generate(ctx: Context) -> dict:
     example), streamed through the same decoder `chuan generate` uses."""
     from chuan.infer.generate import SamplingConfig
     from chuan.infer.generate import generate as decode
-    from chuan.infer.loading import load_model, load_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer
 
     model_dir = ctx.results["pretrain"]["model_dir"]
-    model, tokenizer = load_model(model_dir, device="cpu", dtype="fp32"), load_tokenizer(model_dir)
+    model, tokenizer = (
+        load_model(model_dir, device="cpu", dtype="fp32"),
+        load_saved_tokenizer(model_dir),
+    )
     cfg = SamplingConfig(
         max_new_tokens=NEW_TOKENS,
         repetition_penalty=1.1,

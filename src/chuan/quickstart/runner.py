@@ -20,7 +20,7 @@ from chuan.fileio import write_atomic
 
 
 @dataclass
-class QuickstartOptions:
+class QuickstartConfig:
     """What `chuan quickstart` was asked to do.
 
     `minutes` is the whole run's budget: pretraining gets what the other stages leave.
@@ -41,7 +41,7 @@ class QuickstartOptions:
 class Context:
     """What stages share: the options, the output dir, the clock and earlier stages' numbers."""
 
-    options: QuickstartOptions
+    options: QuickstartConfig
     started: float = field(default_factory=time.monotonic)
     results: dict[str, dict] = field(default_factory=dict)
 
@@ -70,7 +70,7 @@ def stage_marker(ctx: Context, name: str) -> Path:
     return ctx.path("stages", f"{name}.json")
 
 
-def run_stages(options: QuickstartOptions, stages: list[Stage], echo=print) -> Context:
+def run_stages(options: QuickstartConfig, stages: list[Stage], echo=print) -> Context:
     """Run `stages` in order, skipping those already finished; stop after `options.until`."""
     names = [s.name for s in stages]
     if options.until is not None and options.until not in names:

@@ -41,7 +41,7 @@ from chuan.documents import iter_documents
 from chuan.errors import InputError
 from chuan.tokenizer.hf import write_tokenizer_dir
 from chuan.tokenizer.spm import ModelProto, load_proto
-from chuan.tokenizer.train import split_sentences
+from chuan.tokenizer.train import training_lines
 
 Piece = ModelProto.SentencePiece
 # Piece types SentencePiece's BPE may produce by merging (CONTROL, UNKNOWN and BYTE never).
@@ -290,7 +290,7 @@ def learn_candidates(
     sentences = (
         line
         for doc in iter_documents(train_on)
-        for line in split_sentences(doc.text, _MAX_SENTENCE_BYTES)
+        for line in training_lines(doc.text, _MAX_SENTENCE_BYTES)
     )
     model = _train_bpe(sentences, base, vocab_size)
     learned = sorted((p for p in model.pieces if p.type == Piece.NORMAL), key=lambda p: -p.score)

@@ -155,7 +155,7 @@ class WeightedReservoir:
         return [item for _, _, item in sorted(self._heap, key=lambda e: e[1])]
 
 
-def split_sentences(text: str, max_bytes: int) -> list[str]:
+def training_lines(text: str, max_bytes: int) -> list[str]:
     """The training lines of one document: its non-blank lines, cut to at most `max_bytes`.
 
     SentencePiece skips lines longer than its `max_sentence_length` (in UTF-8 bytes); cutting
@@ -206,7 +206,7 @@ def sample_training_sentences(
         category = doc.category or UNCATEGORIZED
         weight = weights.get(category, 1.0)
         sample.documents[category] += 1
-        for sentence in split_sentences(doc.text, max_sentence_bytes):
+        for sentence in training_lines(doc.text, max_sentence_bytes):
             sample.seen[category] += 1
             reservoir.offer((category, sentence), weight)
     for category, sentence in reservoir.items():

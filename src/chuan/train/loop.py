@@ -130,7 +130,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def build_model(cfg: PretrainConfig) -> BaichuanForCausalLM:
+def initial_model(cfg: PretrainConfig) -> BaichuanForCausalLM:
     """The starting model in fp32: a preset initialised from `seed`, or any model dir."""
     overrides = dict(cfg.model_overrides)
     if cfg.z_loss_weight is not None:
@@ -315,7 +315,7 @@ class Trainer:
         holdout = _holdout(cfg)  # the data first: a wrong path fails before any model is built
         self.plans = plan_stages(cfg, world, holdout)
         self.eval_rows = _eval_rows(cfg, holdout)
-        self.model = parallelize(build_model(cfg).to(world.device), cfg, world)
+        self.model = parallelize(initial_model(cfg).to(world.device), cfg, world)
         self.model.train()
         self.config = self.model.config
         self.strategy = strategy_for(cfg.distributed.strategy, world)

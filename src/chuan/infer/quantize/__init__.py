@@ -3,7 +3,7 @@
 - `formats`: the targets, `QuantSpec`, the int8 / int4 schemes and their packing, `QLinear`
   (the module docstring describes the layout and the matmul paths).
 - `transform`: target Linears -> `QLinear`, the NormHead folded, `quantize_model`,
-  `build_model` and `load_quantized`.
+  `model_from_state` and `load_quantized`.
 - `hf`: the transformers quantizer for `quant_method: "chuan"`.
 - `report`: weight memory per precision, `quantize_dir` and its report.
 
@@ -46,8 +46,8 @@ from chuan.infer.quantize.report import (
     write_report,
 )
 from chuan.infer.quantize.transform import (
-    build_model,
     load_quantized,
+    model_from_state,
     quantize_model,
     swap_in_qlinears,
 )
@@ -70,7 +70,7 @@ __all__ = [
     "QLinear",
     "QuantSpec",
     "QuantizeReport",
-    "build_model",
+    "model_from_state",
     "linear_shapes",
     "load_quantized",
     "memory_table",

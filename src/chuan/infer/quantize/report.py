@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chuan import fileio
 from chuan.infer.quantize.formats import DEFAULT_GROUP_SIZE, INT4_SCALE_DTYPE, QLinear, QuantSpec
-from chuan.infer.quantize.transform import build_model, quantize_model
+from chuan.infer.quantize.transform import model_from_state, quantize_model
 from chuan.model.checkpoint import write_model_dir
 from chuan.model.config import BaichuanConfig
 from chuan.model.convert import read_as_baichuan
@@ -144,7 +144,7 @@ def quantize_dir(
         group_size = DEFAULT_GROUP_SIZE
     spec = QuantSpec(bits, group_size)
     config, state = read_as_baichuan(src)
-    model = build_model(config, state, where=src)
+    model = model_from_state(config, state, where=src)
     del state
     norm_head = bool(config.norm_head)
     errors = quantize_model(model, spec, progress=progress)

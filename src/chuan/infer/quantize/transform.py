@@ -78,7 +78,7 @@ def quantize_model(
     return {name: sum(v) / len(v) for name, v in errors.items() if v}
 
 
-def build_model(
+def model_from_state(
     config: BaichuanConfig,
     state: dict[str, torch.Tensor],
     *,
@@ -120,7 +120,7 @@ def load_quantized(
         getattr(config, "quantization_config", None), Path(model_dir) / "config.json"
     )
     device = torch.device(device or "cpu")
-    model = build_model(
+    model = model_from_state(
         config, read_state_dict(model_dir), spec=spec, device=device, where=model_dir
     )
     return model.to(dtype=dtype).eval()
