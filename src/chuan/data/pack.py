@@ -46,8 +46,9 @@ import torch
 from datasets.table import InMemoryTable
 from tqdm import tqdm
 
-from chuan.data.shards import RUN_FILE, claim_output, dir_fingerprint, run_record
+from chuan.data.shards import claim_output, dir_fingerprint, run_record
 from chuan.documents import (
+    STAGE_RUN_FILE,
     RecordError,
     UnreadableFileError,
     as_paths,
@@ -539,5 +540,5 @@ def pack_corpus(
             seconds=round(time.perf_counter() - start, 3),
         )
         write_report(tmp, asdict(report), report.to_markdown())
-        (tmp / RUN_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        (tmp / STAGE_RUN_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return report

@@ -47,7 +47,6 @@ from chuan.documents import (
 from chuan.errors import OutputExistsError
 from chuan.fileio import write_atomic
 
-RUN_FILE = STAGE_RUN_FILE
 _MAX_DIFFERENCES = 6  # differences named in a refusal; the rest are counted
 
 
@@ -181,11 +180,11 @@ def claim_output(
             found = _refuse(out, record, stage, resumable, may_change)
             if found != record:  # an unfinished input was replaced (e.g. re-downloaded)
                 write_atomic(
-                    out / RUN_FILE, json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+                    out / STAGE_RUN_FILE, json.dumps(record, indent=1, ensure_ascii=False) + "\n"
                 )
             return False
     if resumable:
-        write_atomic(out / RUN_FILE, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_atomic(out / STAGE_RUN_FILE, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return True
 
 
@@ -194,12 +193,12 @@ def _refuse(
 ) -> dict[str, Any]:
     """Raise unless `out` holds the same resumable run; return its record."""
     try:
-        found = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        found = json.loads((out / STAGE_RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         found = None
     if not isinstance(found, dict):
         raise OutputExistsError(
-            f"{out} is not empty and holds no readable record of a chuan run ({RUN_FILE}: "
+            f"{out} is not empty and holds no readable record of a chuan run ({STAGE_RUN_FILE}: "
             "made by another tool or an older chuan); choose another --out, or pass "
             "--overwrite to delete it and start from scratch"
         )
