@@ -18,18 +18,20 @@ def _quantize(args: argparse.Namespace) -> None:
     if args.eval_text:
         from chuan.eval.perplexity import compare_perplexity
 
-        p = compare_perplexity(
-            {"before": args.model, "after": args.out},
-            args.eval_text,
-            max_tokens=args.eval_tokens,
-            max_length=args.eval_window,
-            device=args.device,
+        report.add_perplexity(
+            compare_perplexity(
+                {"before": args.model, "after": args.out},
+                args.eval_text,
+                max_tokens=args.eval_tokens,
+                max_length=args.eval_window,
+                device=args.device,
+            )
         )
-        report.perplexity = p | {"relative_change": p["after"] / p["before"] - 1}
         write_report(report, args.out)
+        p = report.perplexity
         print(
             f"held-out perplexity on {p['tokens']:,} tokens: {p['before']:.4f} -> "
-            f"{p['after']:.4f} ({report.perplexity['relative_change']:+.2%})"
+            f"{p['after']:.4f} ({p['relative_change']:+.2%})"
         )
     print(
         f"wrote {args.out}: {report.scheme}, {report.quantized_linears} Linears, weights "

@@ -259,7 +259,6 @@ def compare_perplexity(
     *,
     max_tokens: int,
     max_length: int,
-    tokenizer_dir: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> dict:
     """Perplexity of several model dirs (e.g. before and after quantization) on the same
@@ -268,7 +267,7 @@ def compare_perplexity(
     time. Returns `{label: perplexity, ..., text, documents, tokens, window, dtype}`."""
     from chuan.infer.loading import load_model, load_saved_tokenizer
 
-    source = tokenizer_dir or next(iter(model_dirs.values()))
+    source = next(iter(model_dirs.values()))  # the first dir's tokenizer scores them all
     tokenizer = load_saved_tokenizer(source)
     if tokenizer is None:
         raise MissingError(f"{source} has no tokenizer files, which perplexity needs")

@@ -120,6 +120,12 @@ class QuantizeReport:
     perplexity: dict | None = None
     seconds: float = 0.0
 
+    def add_perplexity(self, measured: dict) -> None:
+        """Held-out perplexity `before` and `after` (and how it was measured), from
+        `chuan.eval.perplexity.compare_perplexity`, with the relative change."""
+        change = measured["after"] / measured["before"] - 1
+        self.perplexity = {**measured, "relative_change": change}
+
 
 def _dir_weight_bytes(model_dir: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or sum(
