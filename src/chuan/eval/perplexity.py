@@ -31,6 +31,7 @@ from chuan.documents import (
     to_document,
 )
 from chuan.errors import InputError, MissingError
+from chuan.infer.generate import context_length
 from chuan.model.nll import sequence_nats
 
 
@@ -103,13 +104,6 @@ def context_token_id(tokenizer) -> tuple[int, str]:
     return tokenizer.eos_token_id, "eos"
 
 
-def model_context(model) -> int:
-    """The longest input the model was built for (`model_max_length` for chuan configs)."""
-    config = model.config
-    length = getattr(config, "model_max_length", None) or config.max_position_embeddings
-    return int(length)
-
-
 def evaluate_perplexity(
     model,
     tokenizer,
@@ -127,11 +121,11 @@ def evaluate_perplexity(
     bytes of logits. All texts are tokenized up front: this is for evaluation sets, not for
     whole pretraining corpora (`chuan data quality score --lm` streams those).
     """
-    max_length = model_context(model) if max_length is None else max_length
+    max_length = context_length(model) if max_length is None else max_length
     stride = max_length if stride is None else stride
-    if max_length > model_context(model):
+    if max_length > context_length(model):
         warnings.warn(
-            f"max_length {max_length} exceeds the model's context of {model_context(model)} "
+            f"max_length {max_length} exceeds the model's context of {context_length(model)} "
             "tokens; positions past it were never trained",
             stacklevel=2,
         )
@@ -280,7 +274,7 @@ def compare_perplexity(
     result: dict = {"text": str(text_file)}
     for label, model_dir in model_dirs.items():
         model = load_model(model_dir, device=device)
-        window = min(max_length, model_context(model))
+        window = min(max_length, context_length(model))
         report = evaluate_perplexity(
             model, tokenizer, {str(text_file): texts}, max_length=window, progress=False
         )

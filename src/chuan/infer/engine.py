@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from chuan.errors import InputError, MissingError
-from chuan.infer.generate import BatchDecoder, SamplingConfig
+from chuan.infer.generate import BatchDecoder, SamplingConfig, context_length
 from chuan.infer.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Engine:
         self.defaults = defaults
         self.max_batch = max_batch
         self.admit_wait = admit_wait
-        self.context_length = model.config.model_max_length or model.config.max_position_embeddings
+        self.context_length = context_length(model)
         self.vocab_size = model.config.vocab_size
         self.started = int(time.time())
         self.waiting_rows = 0  # counters for /health, written by the worker only
