@@ -12,6 +12,7 @@ import re
 import typing
 from pathlib import Path
 
+from chuan.align.sft_config import SFTConfig
 from chuan.data.clean import CleanConfig
 from chuan.data.mix import MixConfig
 from chuan.scaling.sweep import SweepConfig
@@ -20,6 +21,7 @@ from chuan.train.config import PretrainConfig
 OUT = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 ROOTS = [
     (PretrainConfig, "chuan pretrain --config FILE"),
+    (SFTConfig, "chuan sft --config FILE"),
     (CleanConfig, "chuan data clean --config FILE"),
     (MixConfig, "chuan data mix --config FILE"),
     (SweepConfig, "chuan scaling sweep --config FILE"),

@@ -23,6 +23,7 @@ LAYERS = [
     {"data"},
     {"train"},
     {"infer"},
+    {"align"},
     {"eval"},
     {"scaling"},
     {"quickstart"},

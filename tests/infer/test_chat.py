@@ -20,7 +20,7 @@ from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.hf import load_tokenizer
 from chuan.tokenizer.train import train_tokenizer
 
-USER, ASSISTANT = 195, 196
+USER, ASSISTANT, EOS = 195, 196, 2
 ZH_TEXTS = [
     "我们今天去看龘靐的电影吧, okay? 你好",
     "鼹鼠🦙在今晚 12:30 出发。\n  第二行   spaces",
@@ -185,9 +185,13 @@ def test_tokenizer_without_role_pieces_is_refused(test_data):
 def test_stored_chat_template_gives_the_same_ids(tok_dir, use_fast):
     tokenizer = load_tokenizer(tok_dir, use_fast=use_fast)
     for messages in (CONVERSATION, CONVERSATION[:5], CONVERSATION[1:4]):
-        add_prompt = messages[-1]["role"] != "assistant"
-        template = tokenizer.apply_chat_template(messages, add_generation_prompt=add_prompt)
+        # A prompt: after a question the assistant id; after an answer nothing (Baichuan's
+        # chat continues it), and no EOS either way.
+        template = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         assert template["input_ids"] == build_chat_input(tokenizer, messages, 10, 4096)
+    # The training form of a finished conversation ends with EOS (Baichuan 2 fine-tune.py).
+    finished = tokenizer.apply_chat_template(CONVERSATION[:5])["input_ids"]
+    assert finished == [*build_chat_input(tokenizer, CONVERSATION[:5], 10, 4096), EOS]
 
 
 # --- replies --------------------------------------------------------------------------------

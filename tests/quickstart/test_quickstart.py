@@ -1,5 +1,6 @@
-"""`chuan quickstart`, reduced (a slice of the sample, a few steps): every stage runs, the
-report has sane numbers, and a stopped run continues where it stopped."""
+"""`chuan quickstart`, reduced (a slice of the sample, a few pretraining and fine-tuning
+steps): every stage runs, the report has sane numbers, and a stopped run continues where it
+stopped."""
 
 from __future__ import annotations
 
@@ -33,10 +34,20 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     assert pretrain["final_loss"] < pretrain["first_loss"] - 1.0
     assert (out / "pretrain" / "loss.png").is_file()
     assert (out / "tokenizer" / "compression.png").is_file()
+    sft = report["sft"]  # LoRA from the pretrained model, `--steps` steps
+    assert sft["steps"] == 12
+    assert sft["heldout_loss_after"] < sft["heldout_loss_before"]
+    assert sft["heldout_conversations"] == 100
+    assert len(sft["replies"]) == 3
+    assert all({"prompt", "reference", "before", "after"} <= set(r) for r in sft["replies"])
+    assert (out / "sft" / "model" / "config.json").is_file()
+    assert (out / "sft" / "adapter" / "adapter_config.json").is_file()
     markdown = (out / "report.md").read_text(encoding="utf-8")
     for stage in STAGES:
         assert f"| {stage.title} |" in markdown
     assert "chuan pretrain --config" in markdown
+    assert "chuan sft --config configs/sft-tiny-cpu.yaml" in markdown
+    assert "Held-out assistant loss" in markdown
 
 
 def test_quickstart_rejects_unknown_stage(tmp_path, capsys):
@@ -46,3 +57,18 @@ def test_quickstart_rejects_unknown_stage(tmp_path, capsys):
         assert "unknown stage 'nope'" in str(exit_.code)
     else:
         raise AssertionError("an unknown --until stage must be an error")
+
+
+def test_sft_steps_fit_the_time_left_for_them():
+    from chuan.quickstart.runner import Context, QuickstartConfig
+    from chuan.quickstart.train_stages import SFT_MAX_STEPS, SFT_MIN_STEPS, sft_steps
+
+    def steps(step_seconds, fixed=None):
+        ctx = Context(QuickstartConfig(steps=fixed))
+        ctx.results["pretrain"] = {"plan": {"step_seconds": step_seconds}}
+        return sft_steps(ctx)
+
+    assert steps(0.3) == SFT_MAX_STEPS  # two free cores: every step of the recipe
+    assert SFT_MIN_STEPS < steps(0.9) < SFT_MAX_STEPS  # a slower machine: fewer
+    assert steps(60.0) == SFT_MIN_STEPS
+    assert steps(None, fixed=12) == 12  # --steps

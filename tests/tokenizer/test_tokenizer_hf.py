@@ -291,7 +291,7 @@ def role_dir(request, chat_dir, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("use_fast", [True, False])
 def test_chat_template_ids(role_dir, use_fast):
     """System as plain tokens, each turn as its role id + content, no EOS after past answers,
-    generation prompt = the assistant id."""
+    EOS after the last, generation prompt = the assistant id."""
     sp = spm.SentencePieceProcessor(model_file=str(role_dir / "tokenizer.model"))
     assistant = sp.piece_to_id("<reserved_107>")
     assert sp.id_to_piece(assistant) == "<reserved_107>" and assistant != sp.unk_id()
@@ -299,8 +299,9 @@ def test_chat_template_ids(role_dir, use_fast):
     tok = load_tokenizer(role_dir, use_fast=use_fast)
     prompt = tok.apply_chat_template(CONVERSATION, add_generation_prompt=True)["input_ids"]
     assert prompt == _expected_chat_ids(sp, CONVERSATION) + [assistant]
+    # A finished conversation (the training form) ends with EOS, not after past answers.
     history = tok.apply_chat_template(CONVERSATION[:3])["input_ids"]
-    assert history == _expected_chat_ids(sp, CONVERSATION[:3])
+    assert history == _expected_chat_ids(sp, CONVERSATION[:3]) + [sp.eos_id()]
     with pytest.raises(jinja2.TemplateError, match="system message may only come first"):
         tok.apply_chat_template([CONVERSATION[1], CONVERSATION[0]])
 

@@ -91,8 +91,9 @@ def test_tiny_model_learns_well_below_unigram_entropy(tmp_path, corpus):
     assert (result.run_dir / "loss.png").stat().st_size > 0
     assert (result.model_dir / "tokenizer.model").is_file()
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").open()]
-    assert {"loss", "lr", "grad_norm", "max_logit", "tokens_per_s", "mfu"} <= set(records[0])
-    assert any("eval_loss" in r for r in records)
+    assert records[0] == {"step": 0, "eval_loss": report["first_eval_loss"]}  # before training
+    assert {"loss", "lr", "grad_norm", "max_logit", "tokens_per_s", "mfu"} <= set(records[1])
+    assert any("eval_loss" in r for r in records[1:])
 
 
 @pytest.fixture(scope="module")

@@ -111,14 +111,14 @@ def _packed(path, rows: int, length: int = 8, buckets: int = 2):
 
 def test_rows_are_a_pure_function_of_the_sample_index(tmp_path):
     path = _packed(tmp_path / "p", rows=10)
-    rows = PackedRows([path], shuffle=True, seed=3)
+    rows = PackedRows.from_disk([path], shuffle=True, seed=3)
     first_epoch = [rows.row(k) for k in range(10)]
     assert sorted(first_epoch) == list(range(10)) and first_epoch != list(range(10))
     second_epoch = [rows.row(k) for k in range(10, 20)]
     assert sorted(second_epoch) == list(range(10)) and second_epoch != first_epoch
-    again = PackedRows([path], shuffle=True, seed=3)
+    again = PackedRows.from_disk([path], shuffle=True, seed=3)
     assert [again.row(k) for k in reversed(range(20))] == (first_epoch + second_epoch)[::-1]
-    ordered = PackedRows([path], shuffle=False)
+    ordered = PackedRows.from_disk([path], shuffle=False)
     batch = ordered.batch(range(2, 4))
     assert batch.input_ids[:, 0].tolist() == [16, 24]
     assert (batch.labels[:, 0] == -100).all() and (
@@ -129,10 +129,10 @@ def test_rows_are_a_pure_function_of_the_sample_index(tmp_path):
 def test_buckets_and_holdout_select_rows(tmp_path):
     path = _packed(tmp_path / "p", rows=10)
     held = {str(Path(path).resolve()): 3}
-    first_bucket = PackedRows([path], buckets=[0], shuffle=False)
+    first_bucket = PackedRows.from_disk([path], buckets=[0], shuffle=False)
     assert len(first_bucket) == 5
-    train = PackedRows([path], holdout=held, shuffle=False)
-    evaluation = PackedRows([path], holdout=held, take_holdout=True, shuffle=False)
+    train = PackedRows.from_disk([path], holdout=held, shuffle=False)
+    evaluation = PackedRows.from_disk([path], holdout=held, take_holdout=True, shuffle=False)
     assert len(train) == 7 and len(evaluation) == 3
     assert evaluation.batch([0]).input_ids[0, 0] == 7 * 8
 
@@ -160,8 +160,13 @@ def test_stage_length_from_tokens_rounds_up_to_whole_steps(tmp_path):
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py
-RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("scaling-"))
+# scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py; *-sft.yaml
+# and sft-*.yaml are fine-tuning recipes, checked in tests/align/test_sft_recipes.py
+RECIPES = sorted(
+    p
+    for p in CONFIGS.glob("*.yaml")
+    if not p.stem.startswith("scaling-") and "sft" not in p.stem.split("-")
+)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])

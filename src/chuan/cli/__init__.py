@@ -17,6 +17,7 @@ VERB_MODULES = (
     "model",
     "data",
     "pretrain",
+    "sft",
     "tokenizer",
     "eval",
     "generate",

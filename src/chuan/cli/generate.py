@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from chuan.cli.options import add_device_arguments, float_in, int_at_least
+from chuan.cli.options import add_adapter_argument, add_device_arguments, float_in, int_at_least
 from chuan.errors import InputError, MissingError
 
 CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
@@ -89,16 +89,17 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _chat(args: argparse.Namespace) -> None:
     from chuan.infer.chat import stream_chat
-    from chuan.infer.loading import load_model, load_saved_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer, side_files_dir
     from chuan.infer.sampling import describe, generation_defaults
 
     if not Path(args.model).is_dir():
         raise MissingError(f"{args.model}: no such model dir")
-    tokenizer = load_saved_tokenizer(args.model)
+    side = side_files_dir(args.model, args.adapter)
+    tokenizer = load_saved_tokenizer(side)
     if tokenizer is None:
         raise MissingError(f"{args.model} has no tokenizer files (tokenizer.model)")
-    cfg = _sampling_config(args, generation_defaults(args.model))
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    cfg = _sampling_config(args, generation_defaults(side))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     print(f"generation settings: {describe(cfg)}", file=sys.stderr)
     session = ChatSession(args.system or "")
     interactive = sys.stdin.isatty()
@@ -181,7 +182,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     chat = verbs.add_parser(
         "chat",
         help="chat with a model dir in the terminal",
-        description="Chat with a Baichuan 2-format chat model: each line read from stdin is a "
+        description="Chat with a chat model in its chat template (the one `chuan sft` recorded "
+        "in its tokenizer files, else Baichuan 2's): each line read from stdin is a "
         "user message; the reply streams to stdout; the conversation is kept (and cut to fit "
         "the context, oldest rounds first) until /clear. Commands: "
         f"{CHAT_COMMANDS}. Works with piped input (one message per line). Sampling settings "
@@ -193,4 +195,5 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _add_model_flags(chat)
     chat.add_argument("--system", default=None, help="system prompt (default: none)")
     _add_sampling_flags(chat, {}, "default: from DIR")
+    add_adapter_argument(chat)
     chat.set_defaults(func=_chat)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
+import sys
 from collections.abc import Callable
 
 
@@ -22,6 +25,56 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 # argparse `type=` functions for numeric flags: a value out of range is refused while the
 # arguments are parsed, before any work starts, with the valid range in the message.
+
+
+def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
+    """`--adapter DIR`: a LoRA adapter folded into the model as it loads."""
+    parser.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="a peft LoRA adapter of this model (e.g. OUT/adapter of `chuan sft`), folded in "
+        "as the model loads, without writing a merged copy; its tokenizer files, chat "
+        "template and generation settings are used when it has them",
+    )
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE.yaml`, `KEY=VALUE` overrides and `--resume` of a training run."""
+    parser.add_argument("--config", required=True, metavar="FILE.yaml", help="the recipe")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of recipe fields, e.g. optim.lr=3e-4 stages.0.steps=100 out=runs/x",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="auto|CHECKPOINT",
+        help="continue from the newest complete checkpoint in `out` (auto) or from the given "
+        "checkpoint dir; without it, `out` must not hold checkpoints",
+    )
+
+
+def print_run_result(result) -> None:
+    """The one-line outcome of a training run (from rank 0 only, under torchrun); an
+    interrupted run exits 128 + the signal."""
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    if result.interrupted:
+        # A checkpoint was saved; the exit code still says "stopped by a signal" (128 + its
+        # number: 143 for SIGTERM, 130 for SIGINT), so a scheduler or script sees no success.
+        if not quiet:
+            print(
+                f"interrupted at step {result.steps}; continue with the same command and "
+                "--resume auto"
+            )
+        sys.exit(128 + (result.signal or signal.SIGTERM))
+    if quiet:
+        return
+    held = "" if result.eval_loss is None else f", held-out loss {result.eval_loss:.4f}"
+    print(
+        f"trained {result.steps:,} steps on {result.tokens:,} tokens: loss {result.final_loss:.4f}"
+        f"{held}; model in {result.model_dir}, report in {result.run_dir}/report.md"
+    )
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -9,7 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-from chuan.cli.options import add_device_arguments, int_at_least, port_number
+from chuan.cli.options import (
+    add_adapter_argument,
+    add_device_arguments,
+    int_at_least,
+    port_number,
+)
 from chuan.errors import InputError
 
 API_KEY_ENV = "CHUAN_API_KEY"
@@ -47,7 +52,11 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     model_name = args.model_name or Path(args.model).resolve().name
     with load_engine(
-        args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch=args.max_batch,
+        adapter=args.adapter,
     ) as engine:
         app = create_app(engine, model_name=model_name, api_key=key)
         print(
@@ -64,8 +73,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model dir over an OpenAI-compatible HTTP API",
         description="Serve a model dir (with tokenizer files) over HTTP with OpenAI's API: "
-        "GET /v1/models, POST /v1/chat/completions (Baichuan 2 chat format), POST "
-        "/v1/completions, both with stream=true (server-sent events), and GET /health. "
+        "GET /v1/models, POST /v1/chat/completions (in the model's chat template, Baichuan "
+        "2's by default), POST /v1/completions, both with stream=true (server-sent "
+        "events), and GET /health. "
         "One worker thread owns the model and decodes concurrent requests together in "
         "batches of up to --max-batch rows, each row with its own sampling settings. "
         "See docs/serve.md.",
@@ -96,6 +106,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="most sequences decoded at once, across requests and choices (default 16)",
     )
     add_device_arguments(serve)
+    add_adapter_argument(serve)
     serve.add_argument(
         "--log-level",
         default="info",

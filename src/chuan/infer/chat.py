@@ -26,49 +26,19 @@ from chuan.infer.generate import stream_tokens
 from chuan.infer.sampling import SamplingConfig, describe, eos_stop_ids, generation_defaults
 from chuan.infer.text import TextStream
 from chuan.model.modeling import BaichuanForCausalLM
+from chuan.tokenizer.chat_templates import ChatTemplate, split_messages, template_for
 
 log = logging.getLogger(__name__)
-
-USER_TOKEN_ID = 195
-ASSISTANT_TOKEN_ID = 196
-ROLES = ("system", "user", "assistant")
-
-
-def _check_messages(messages: Sequence[dict]) -> None:
-    if not messages:
-        raise InputError("no messages given")
-    for index, message in enumerate(messages):
-        role = message.get("role")
-        if role not in ROLES:
-            raise InputError(f"message {index}: role must be one of {ROLES}, got {role!r}")
-        if not isinstance(message.get("content"), str):
-            raise InputError(f"message {index}: content must be a string")
-        if role == "system" and index != 0:
-            raise InputError(f"message {index}: a system message may only come first")
-
-
-def _check_role_ids(tokenizer, role_ids: Sequence[int]) -> None:
-    """Refuse a tokenizer whose role ids are not reserved pieces (e.g. a LLaMA vocabulary,
-    where 195 is a byte): the prompt would silently be garbage."""
-    for token_id in role_ids:
-        piece = tokenizer.convert_ids_to_tokens(token_id)
-        if not (isinstance(piece, str) and piece.startswith("<reserved_")):
-            raise InputError(
-                f"the tokenizer's id {token_id} is {piece!r}, not a <reserved_N> piece: it has "
-                "no Baichuan chat role tokens (train it with `chuan tokenizer train`)"
-            )
 
 
 def split_rounds(messages: Sequence[dict]) -> tuple[str, list[list[dict]]]:
     """The system text ("" when none) and the rounds, each starting at a user message."""
-    _check_messages(messages)
-    start = 1 if messages[0]["role"] == "system" else 0
-    system = messages[0]["content"] if start else ""
+    system, turns = split_messages(messages)
     rounds: list[list[dict]] = []
-    for message in messages[start:]:
-        if message["role"] == "user" or not rounds:
+    for role, content in turns:
+        if role == "user" or not rounds:
             rounds.append([])
-        rounds[-1].append(message)
+        rounds[-1].append({"role": role, "content": content})
     return system, rounds
 
 
@@ -78,43 +48,37 @@ def build_chat_input(
     max_new_tokens: int,
     model_max_length: int,
     *,
-    user_token_id: int = USER_TOKEN_ID,
-    assistant_token_id: int = ASSISTANT_TOKEN_ID,
+    template: ChatTemplate | None = None,
 ) -> list[int]:
-    """The prompt ids for `messages` (`[{"role", "content"}]`), exactly as Baichuan 2's
-    `build_chat_input` makes them (see the module docstring)."""
-    _check_role_ids(tokenizer, (user_token_id, assistant_token_id))
+    """The prompt ids for `messages` (`[{"role", "content"}]`) in `template` (default: the
+    one recorded in the tokenizer's dir, else Baichuan 2's), fitted to the context as
+    Baichuan 2's `build_chat_input` does (see the module docstring)."""
+    template = template or template_for(tokenizer)
     max_input_tokens = model_max_length - max_new_tokens
     if max_input_tokens < 1:
         raise InputError(
             f"max_new_tokens={max_new_tokens} leaves no room for the prompt in "
             f"model_max_length={model_max_length}"
         )
-    role_ids = {"user": user_token_id, "assistant": assistant_token_id}
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
     system, rounds = split_rounds(messages)
-    system_ids = encode(system)
-    budget = max_input_tokens - len(system_ids)
-    history: list[int] = []
-    kept = 0
-    for round_messages in reversed(rounds):
-        round_ids = [
-            i for m in round_messages for i in [role_ids[m["role"]], *encode(m["content"])]
-        ]
-        if history and len(history) + len(round_ids) > budget:
+    head = [{"role": "system", "content": system}] if system else []
+    # The assistant's header is not history: Baichuan 2 budgets system + rounds only.
+    with_header = len(template.prompt_ids(messages, add_generation_prompt=True))
+    header = max(0, with_header - len(template.prompt_ids(messages, add_generation_prompt=False)))
+
+    def prompt(first_round: int) -> list[int]:
+        kept = [m for r in rounds[first_round:] for m in r]
+        return template.prompt_ids(head + kept, add_generation_prompt=True)
+
+    first = len(rounds) - 1  # the newest round is always kept
+    ids = prompt(first)
+    while first > 0 and len(ids) - header < max_input_tokens:
+        longer = prompt(first - 1)
+        if len(longer) - header > max_input_tokens:
             break
-        history = round_ids + history
-        kept += 1
-        if len(history) >= budget:
-            break
-    ids = system_ids + history
-    if messages[-1]["role"] != "assistant":
-        ids.append(assistant_token_id)
-    if kept < len(rounds):
-        log.info("%d earlier round(s) left out to fit the context", len(rounds) - kept)
+        first, ids = first - 1, longer
+    if first:
+        log.info("%d earlier round(s) left out to fit the context", first)
     if len(ids) > max_input_tokens:
         log.warning(
             "the prompt is %d tokens but only %d fit beside %d new tokens: its first %d tokens "

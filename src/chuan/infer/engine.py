@@ -315,13 +315,16 @@ def load_engine(
     device: str | None = None,
     dtype: str = "auto",
     max_batch: int = 16,
+    adapter: str | Path | None = None,
 ) -> Engine:
-    """An `Engine` over the model, tokenizer and generation defaults of `model_dir`."""
-    from chuan.infer.loading import load_model, load_saved_tokenizer
+    """An `Engine` over the model, tokenizer and generation defaults of `model_dir` (with
+    a LoRA `adapter` folded in: see `load_model`)."""
+    from chuan.infer.loading import load_model, load_saved_tokenizer, side_files_dir
     from chuan.infer.sampling import generation_defaults
 
-    tokenizer = load_saved_tokenizer(model_dir)
+    side = side_files_dir(model_dir, adapter)
+    tokenizer = load_saved_tokenizer(side)
     if tokenizer is None:
         raise MissingError(f"{model_dir} has no tokenizer files; chuan serve needs text")
-    model = load_model(model_dir, device=device, dtype=dtype)
-    return Engine(model, tokenizer, defaults=generation_defaults(model_dir), max_batch=max_batch)
+    model = load_model(model_dir, device=device, dtype=dtype, adapter=adapter)
+    return Engine(model, tokenizer, defaults=generation_defaults(side), max_batch=max_batch)

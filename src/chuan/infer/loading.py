@@ -6,11 +6,13 @@ chuan-quantized model (`quantization_config.quant_method == "chuan"` in `config.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
 
-from chuan.errors import InputError
+from chuan.errors import InputError, MissingError
 from chuan.infer.quantize import QUANT_METHOD, load_quantized
 from chuan.model.checkpoint import TOKENIZER_FILES, read_config_dict
 from chuan.model.convert import load_as_baichuan
@@ -41,16 +43,74 @@ def is_quantized(model_dir: str | Path) -> bool:
     return quant.get("quant_method") == QUANT_METHOD
 
 
-def load_model(model_dir: str | Path, *, device: str | None = None, dtype: str = "auto"):
-    """The model of `model_dir` in eval mode on `device` (see `pick_device`, `pick_dtype`)."""
+def load_model(
+    model_dir: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    adapter: str | Path | None = None,
+):
+    """The model of `model_dir` in eval mode on `device` (see `pick_device`, `pick_dtype`).
+
+    With `adapter` (a peft LoRA dir trained on this model), the adapter is folded into the
+    weights in fp32 as the model loads, so generation runs at the plain model's speed.
+    """
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     if is_quantized(model_dir):
+        if adapter is not None:
+            raise InputError(
+                f"{model_dir} is quantized: an adapter cannot be folded into its weights; "
+                "load the unquantized base with --adapter, or merge first (`chuan lora merge`) "
+                "and quantize the merged model"
+            )
         model = load_quantized(model_dir, device=target, dtype=torch_dtype)
+    elif adapter is not None:
+        model = merged_with_adapter(load_as_baichuan(model_dir, dtype=torch.float32), adapter)
+        model = model.to(device=target, dtype=torch_dtype)
     else:
         model = load_as_baichuan(model_dir, dtype=torch_dtype).to(target)
-    model.name_or_path = str(model_dir)  # where chat finds the dir's generation defaults
+    model.name_or_path = str(adapter or model_dir)  # where chat finds generation defaults
     return model.eval()
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft asks the model `is_gradient_checkpointing`, which transformers 5 deprecates; the
+    warning is about peft's code, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
+def merged_with_adapter(model, adapter: str | Path):
+    """`model` with a peft LoRA adapter folded in (`W += scale * B A`), unwrapped again."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise MissingError(
+            f"{adapter} is not an adapter dir (no adapter_config.json); `chuan sft` with "
+            "finetune: lora writes one to OUT/adapter"
+        )
+    try:
+        with quiet_peft():
+            wrapped = PeftModel.from_pretrained(model, str(adapter))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise InputError(
+            f"{adapter} does not fit this model: {e}. An adapter trained on a LLaMA-layout "
+            "copy (q_proj/k_proj/v_proj) does not fit Baichuan's fused W_pack "
+            "(hiyouga/LLaMA-Factory#3376): merge it into that copy instead"
+        ) from e
+    return wrapped.merge_and_unload()
+
+
+def side_files_dir(model_dir: str | Path, adapter: str | Path | None = None) -> Path:
+    """Where the tokenizer, chat template and generation settings of a model (with an
+    optional adapter) are read: the adapter's dir when it has tokenizer files (`chuan sft`
+    writes the template there), else the model dir."""
+    if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
+        return Path(adapter)
+    return Path(model_dir)
 
 
 def load_saved_tokenizer(model_dir: str | Path):

@@ -269,7 +269,11 @@ def write_model_dir(
     overwrite: bool = False,
     max_shard_size: str = "5GB",
 ) -> Path:
-    """Write config, sharded safetensors and side files atomically; returns `out_dir`."""
+    """Write config, sharded safetensors and side files atomically; returns `out_dir`.
+
+    A tied head is left out of the weights (the embedding is the one copy)."""
+    if getattr(config, "tie_word_embeddings", False):
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         config.save_pretrained(tmp)
         save_torch_state_dict(state_dict, tmp, max_shard_size=max_shard_size)

@@ -1,6 +1,6 @@
 """`chuan quickstart`: the whole flow on the bundled bilingual sample, in minutes on a CPU.
 
-clean → dedup → tokenizer → pack → pretrain → evaluate → generate → quantize → serve, each
+clean → dedup → tokenizer → pack → pretrain → sft → evaluate → generate → quantize → serve, each
 stage calling the same library function as its `chuan` verb, then `report.md` with every
 stage's numbers, the plots, and the commands that redo each stage by hand at a larger scale.
 """
@@ -54,6 +54,13 @@ STAGES = [
         "stages.0.data=[{out}/packed]   # under torchrun for FSDP2",
     ),
     Stage(
+        "sft",
+        "sft",
+        train_stages.sft,
+        "chuan sft --config configs/sft-tiny-cpu.yaml model={out}/pretrain/model "
+        "out={out}/sft-recipe   # configs/baichuan2-7b-sft.yaml for Baichuan 2's full fine-tune",
+    ),
+    Stage(
         "evaluate",
         "evaluate",
         model_stages.evaluate,
@@ -65,7 +72,7 @@ STAGES = [
         "generate",
         model_stages.generate,
         "chuan generate {out}/pretrain/model --prompt '床前明月光，' --max-new-tokens 64\n"
-        "chuan chat MODEL_DIR   # a chat model: after SFT, or a released Baichuan 2 chat model",
+        "chuan chat {out}/sft/model   # the fine-tuned chat model, or a released Baichuan 2 one",
     ),
     Stage(
         "quantize",

@@ -60,6 +60,32 @@ def _pretrain(ctx: Context, r: dict) -> list[str]:
     ]
 
 
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _sft(ctx: Context, r: dict) -> list[str]:
+    lora, data = r["lora"], r["data"]
+    mixed = " + ".join(f"{n:,} {Path(path).stem}" for path, n in data["mixed"].items())
+    rows = [
+        [_cell(x["prompt"]), _cell(x["reference"]), _cell(x["before"]), _cell(x["after"])]
+        for x in r["replies"]
+    ]
+    return [
+        f"LoRA (r {lora['r']}, alpha {lora['alpha']:g}, {', '.join(lora['targets'])}; "
+        f"{r['trainable_parameters']:,} trainable parameters) on the pretrained model: "
+        f"{mixed} conversations in {data['rows']:,} packed rows, {r['steps']} steps, "
+        f"{r['tokens']:,} tokens, training loss {r['first_loss']:.4f} → {r['final_loss']:.4f}. "
+        f"Held-out assistant loss ({r['heldout_conversations']} translation conversations "
+        f"never trained on, answers only): **{r['heldout_loss_before']:.4f} → "
+        f"{r['heldout_loss_after']:.4f}**. Model dir (adapter merged): `{r['model_dir']}`.",
+        "",
+        "Greedy replies to held-out prompts, before and after fine-tuning:",
+        "",
+        *_table(["prompt", "reference", "before", "after"], rows),
+    ]
+
+
 def _evaluate(ctx: Context, r: dict) -> list[str]:
     rows = []
     for model in ("initialised", "pretrained"):
@@ -134,6 +160,7 @@ DETAILS: dict[str, Callable[[Context, dict], list[str]]] = {
     "dedup": _dedup,
     "tokenizer": _tokenizer,
     "pretrain": _pretrain,
+    "sft": _sft,
     "evaluate": _evaluate,
     "generate": _generate,
     "quantize": _quantize,

@@ -34,32 +34,15 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from chuan.errors import InputError
 from chuan.fileio import atomic_dir
 from chuan.model import BaichuanConfig
+from chuan.tokenizer.chat_templates import BAICHUAN_ASSISTANT, BAICHUAN_USER, baichuan2_jinja
 from chuan.tokenizer.spm import ModelProto, load_proto, model_file
 
 SPIECE_UNDERLINE = "\u2581"
 MODEL_MAX_LENGTH = 4096
 # Baichuan 2's role markers (ids 195 and 196 in its vocabulary).
-USER_TOKEN = "<reserved_106>"
-ASSISTANT_TOKEN = "<reserved_107>"
 # Baichuan 2's chat format (`generation_utils.build_chat_input`): an optional system prompt as
 # plain text, then each turn as its role marker + content, no EOS after past assistant turns.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}"
-    "{% if not loop.first %}"
-    "{{ raise_exception('a system message may only come first') }}"
-    "{% endif %}"
-    "{{ message['content'] }}"
-    "{% elif message['role'] == 'user' %}"
-    f"{{{{ '{USER_TOKEN}' + message['content'] }}}}"
-    "{% elif message['role'] == 'assistant' %}"
-    f"{{{{ '{ASSISTANT_TOKEN}' + message['content'] }}}}"
-    "{% else %}"
-    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
-    "{% endif %}"
-    "{% endfor %}"
-    f"{{% if add_generation_prompt %}}{ASSISTANT_TOKEN}{{% endif %}}"
-)
+CHAT_TEMPLATE = baichuan2_jinja()
 
 _PIECE = ModelProto.SentencePiece
 _TRAINER = sp_pb2.TrainerSpec
@@ -378,8 +361,8 @@ def hf_config(proto: ModelProto) -> dict:
     which both classes then cut out of the text.
     """
     by_piece = {p.piece: (index, p.type) for index, p in enumerate(proto.pieces)}
-    has_roles = USER_TOKEN in by_piece and ASSISTANT_TOKEN in by_piece
-    roles = [USER_TOKEN, ASSISTANT_TOKEN] if has_roles else []
+    has_roles = BAICHUAN_USER in by_piece and BAICHUAN_ASSISTANT in by_piece
+    roles = [BAICHUAN_USER, BAICHUAN_ASSISTANT] if has_roles else []
     tokens = special_tokens(proto)
     declared = {v for v in tokens.values() if v is not None}
     declared |= {r for r in roles if by_piece[r][1] != _PIECE.USER_DEFINED}

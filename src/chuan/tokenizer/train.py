@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from chuan.documents import Document, as_paths, iter_documents
 from chuan.errors import InputError, OutputExistsError
+from chuan.tokenizer.chat_templates import ASSISTANT_TOKEN_ID, USER_TOKEN_ID
 from chuan.tokenizer.hf import write_tokenizer_dir
 from chuan.tokenizer.spm import ModelProto
 
@@ -63,8 +64,6 @@ USER_DEFINED_SYMBOLS = WHITESPACE_PIECES + RESERVED_PIECES
 FIRST_USER_DEFINED_ID = 3
 FIRST_BYTE_ID = FIRST_USER_DEFINED_ID + len(USER_DEFINED_SYMBOLS)  # 256
 FIRST_LEARNED_ID = FIRST_BYTE_ID + 256  # 512
-USER_TOKEN_ID = 195  # <reserved_106>
-ASSISTANT_TOKEN_ID = 196  # <reserved_107>
 MIN_LEARNED_PIECES = 256
 MIN_VOCAB_SIZE = FIRST_LEARNED_ID + MIN_LEARNED_PIECES
 

@@ -20,6 +20,7 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,11 +92,7 @@ def save_model_dir(
     """All ranks gather; the main rank writes a model dir with the tokenizer files beside it."""
     state = full_model_state(model)
     if world.is_main:
-        config = _unwrap(model).config
-        tied = getattr(config, "tie_word_embeddings", False)
-        if tied:
-            state.pop("lm_head.weight", None)
-        write_model_dir(out, config, state, overwrite=True)
+        write_model_dir(out, _unwrap(model).config, state, overwrite=True)
         if tokenizer_dir is not None:
             copy_side_files(tokenizer_dir, out)
 
@@ -135,10 +132,16 @@ def save_checkpoint(
     state: TrainerState,
     world: World,
     *,
-    tokenizer_dir: str | Path | None,
+    write_model: Callable[[Path], None],
     keep: int,
+    trainable_only: bool = False,
 ) -> Path:
-    """Write `step-N` atomically on every rank, then prune to the newest `keep` on rank 0."""
+    """Write `step-N` atomically on every rank, then prune to the newest `keep` on rank 0.
+
+    `write_model(dir)` writes the loadable `model/` (every rank calls it: it may gather).
+    With `trainable_only` the training state holds only the parameters that train (an
+    adapter, or the unfrozen blocks): the rest is the base model, read again on resume.
+    """
     root = checkpoint_root(run_dir)
     final = root / f"step-{state.step:08d}"
     tmp = root / f".step-{state.step:08d}.tmp"
@@ -147,13 +150,15 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier(world)
     model_state, optim_state = get_state_dict(model, optimizer)
+    if trainable_only:
+        model_state = _trainable_part(model, model_state)
     with warnings.catch_warnings():  # one process is a supported DCP mode, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save(
             {"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "train_state")
         )
     write_atomic(tmp / f"rng-rank{world.rank}.json", json.dumps(_rng_state()))
-    save_model_dir(model, tmp / "model", world, tokenizer_dir)
+    write_model(tmp / "model")
     barrier(world)
     if world.is_main:
         write_atomic(tmp / "trainer_state.json", json.dumps(asdict(state), indent=2))
@@ -164,6 +169,11 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
+
+
+def _trainable_part(model: nn.Module, state: dict) -> dict:
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
 
 
 def read_trainer_state(checkpoint: str | Path) -> TrainerState:
@@ -182,22 +192,36 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     world: World,
+    *,
+    trainable_only: bool = False,
 ) -> None:
     """Model, optimizer and this rank's RNG states, re-sharded to the current world.
 
     Without an optimizer only the weights are read: a new stage starts a fresh optimizer.
+    `trainable_only` reads a checkpoint saved with it into a model that already holds the
+    base weights.
     """
     train_state = str(Path(checkpoint) / "train_state")
+    options = StateDictOptions(strict=not trainable_only)
     if optimizer is None:
-        state = {"model": get_model_state_dict(model)}
-        _dcp_load(state, train_state)
-        set_model_state_dict(model, state["model"])
+        model_state = get_model_state_dict(model)
     else:
         model_state, optim_state = get_state_dict(model, optimizer)
-        state = {"model": model_state, "optim": optim_state}
-        _dcp_load(state, train_state)
+    if trainable_only:
+        model_state = _trainable_part(model, model_state)
+    state = {"model": model_state}
+    if optimizer is not None:
+        state["optim"] = optim_state
+    _dcp_load(state, train_state)
+    if optimizer is None:
+        set_model_state_dict(model, state["model"], options=options)
+    else:
         set_state_dict(
-            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=options,
         )
     rng_file = Path(checkpoint) / f"rng-rank{world.rank}.json"
     if rng_file.is_file():  # absent when resuming on more ranks than saved

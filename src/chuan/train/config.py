@@ -81,17 +81,12 @@ class DistributedConfig:
     backend: str | None = None
 
 
-@dataclass
-class PretrainConfig:
-    """Everything one `chuan pretrain` run needs; written back as `OUT/config.yaml`."""
+@dataclass(kw_only=True)
+class RunConfig:
+    """What every training run shares (`chuan pretrain`, `chuan sft`): where it writes, its
+    batch, precision, parallelism, optimizer, checkpoints and logging."""
 
     out: str
-    stages: list[StageConfig]
-    model: str | None = None
-    preset: str | None = None
-    tokenizer: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    z_loss_weight: float | None = bounded(2e-4, ge=0)
     seed: int = bounded(1234, ge=0)
     micro_batch_size: int = bounded(4, ge=1)
     grad_accum: int = bounded(1, ge=1)
@@ -102,10 +97,22 @@ class PretrainConfig:
     peak_flops: float | None = bounded(None, gt=0)
     max_bad_steps: int = bounded(5, ge=0)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(RunConfig):
+    """Everything one `chuan pretrain` run needs; written back as `OUT/config.yaml`."""
+
+    stages: list[StageConfig]
+    model: str | None = None
+    preset: str | None = None
+    tokenizer: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    z_loss_weight: float | None = bounded(2e-4, ge=0)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.preset is None):
@@ -121,9 +128,6 @@ class PretrainConfig:
                 raise ConfigError(f"stages.{i}.data is empty")
             if stage.steps is not None and stage.tokens is not None:
                 raise ConfigError(f"stages.{i}: give `steps` or `tokens`, not both")
-        for name in ("micro_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1")
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] = ()) -> PretrainConfig:

@@ -84,10 +84,36 @@ def load_packed(path: str | Path) -> Dataset:
 
 
 class PackedRows:
-    """The rows one stage trains on (or the held-out rows), as fixed-length numpy views."""
+    """The rows one stage trains on (or the held-out rows), read as numpy views.
+
+    Rows carry `input_ids` and `segment_ids`, and either `loss_mask` (packed corpora: the
+    label is the token itself) or `labels` (chat data, whose labels may differ from the
+    ids: Baichuan 2 labels each user marker after an answer with EOS). Rows may differ in
+    length (unpacked chat samples); a batch is padded to its longest row with segment id 0.
+    """
 
     def __init__(
         self,
+        data: Dataset,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        row_length: int | None = None,
+    ):
+        """`row_length` is the longest row (the first row's length when not given)."""
+        if len(data) == 0:
+            raise InputError("no rows to train on")
+        self.target = "labels" if "labels" in data.column_names else "loss_mask"
+        # Rows stay memory-mapped Arrow; a batch is one `take`, so a corpus larger than RAM works.
+        self.data = data.with_format("numpy", columns=["input_ids", "segment_ids", self.target])
+        self.row_length = row_length or len(self.data[0]["input_ids"])
+        self.shuffle = shuffle
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_disk(
+        cls,
         paths: list[str],
         *,
         buckets: list[int] | None = None,
@@ -95,9 +121,10 @@ class PackedRows:
         take_holdout: bool = False,
         shuffle: bool = True,
         seed: int = 0,
-    ):
-        """`holdout` maps a dataset path to a count of rows at its end that are held out:
-        excluded from training, or (with `take_holdout`) the only rows taken."""
+    ) -> PackedRows:
+        """The rows of `chuan data pack` outputs. `holdout` maps a dataset path to a count of
+        rows at its end that are held out: excluded from training, or (with `take_holdout`)
+        the only rows taken."""
         parts = []
         for path in paths:
             dataset = load_packed(path)
@@ -118,12 +145,7 @@ class PackedRows:
         data = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
         if len(data) == 0:
             raise InputError(f"no rows to read in {', '.join(paths)} (buckets {buckets})")
-        # Rows stay memory-mapped Arrow; a batch is one `take`, so a corpus larger than RAM works.
-        self.data = data.with_format("numpy", columns=["input_ids", "segment_ids", "loss_mask"])
-        self.row_length = len(self.data[0]["input_ids"])
-        self.shuffle = shuffle
-        self.seed = seed
-        self._orders: dict[int, np.ndarray] = {}
+        return cls(data, shuffle=shuffle, seed=seed)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -139,8 +161,26 @@ class PackedRows:
 
     def batch(self, samples: range | list[int]) -> Batch:
         rows = self.data[[self.row(k) for k in samples]]
-        ids, segments, mask = (
-            torch.from_numpy(np.asarray(rows[c], dtype=np.int64))
-            for c in ("input_ids", "segment_ids", "loss_mask")
+        ids, segments, target = (
+            _stack(rows[c], fill)
+            for c, fill in (
+                ("input_ids", 0),
+                ("segment_ids", 0),
+                (self.target, IGNORE_INDEX if self.target == "labels" else 0),
+            )
         )
-        return Batch.of(ids, segments, torch.as_tensor(labels_from_row(ids, segments, mask)))
+        if self.target == "labels":
+            return Batch.of(ids, segments, target)
+        return Batch.of(ids, segments, torch.as_tensor(labels_from_row(ids, segments, target)))
+
+
+def _stack(rows, fill: int) -> torch.Tensor:
+    """`[B, T]` int64 from equal rows (one array) or ragged ones (padded on the right)."""
+    rows = np.asarray(rows) if not isinstance(rows, list) else rows
+    if isinstance(rows, np.ndarray) and rows.dtype != object:
+        return torch.from_numpy(rows.astype(np.int64, copy=False))
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)

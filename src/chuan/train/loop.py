@@ -30,7 +30,7 @@ from chuan.errors import ChuanError, OutputExistsError
 from chuan.fileio import write_atomic, write_report
 from chuan.model.checkpoint import tokenizer_vocab_size
 from chuan.model.convert import load_as_baichuan
-from chuan.model.modeling import BaichuanForCausalLM
+from chuan.model.modeling import BaichuanForCausalLM, NormHead
 from chuan.model.precision import prefers_bf16
 from chuan.model.presets import parameter_count, preset_config, training_flops_per_token
 from chuan.train.checkpoint import (
@@ -41,7 +41,7 @@ from chuan.train.checkpoint import (
     save_checkpoint,
     save_model_dir,
 )
-from chuan.train.config import PretrainConfig, StageConfig
+from chuan.train.config import PretrainConfig, RunConfig, StageConfig
 from chuan.train.data import Batch, PackedRows
 from chuan.train.distributed import (
     World,
@@ -67,7 +67,7 @@ class TrainingDiverged(ChuanError, RuntimeError):
 @dataclass
 class StagePlan:
     index: int
-    config: StageConfig
+    config: StageConfig  # or another room's stage config with lr / warmup_steps / min_lr_ratio
     rows: PackedRows
     steps: int
     lr: float
@@ -151,12 +151,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def stage_plan(cfg: RunConfig, index: int, stage, rows: PackedRows, steps: int) -> StagePlan:
+    """A stage's plan: its learning rate and warmup are the stage's own, else the run's."""
+    return StagePlan(
+        index=index,
+        config=stage,
+        rows=rows,
+        steps=steps,
+        lr=stage.lr if stage.lr is not None else cfg.optim.lr,
+        warmup=min(
+            stage.warmup_steps if stage.warmup_steps is not None else cfg.optim.warmup_steps,
+            steps,
+        ),
+        min_lr_ratio=(
+            stage.min_lr_ratio if stage.min_lr_ratio is not None else cfg.optim.min_lr_ratio
+        ),
+    )
+
+
+def global_batch(cfg: RunConfig, world: World) -> int:
+    return cfg.micro_batch_size * cfg.grad_accum * world.size
+
+
 def plan_stages(cfg: PretrainConfig, world: World, holdout: dict[str, int]) -> list[StagePlan]:
     """Each stage's rows and length in optimizer steps."""
-    global_batch = cfg.micro_batch_size * cfg.grad_accum * world.size
     plans = []
     for index, stage in enumerate(cfg.stages):
-        rows = PackedRows(
+        rows = PackedRows.from_disk(
             stage.data,
             buckets=stage.buckets,
             holdout=holdout,
@@ -166,27 +187,10 @@ def plan_stages(cfg: PretrainConfig, world: World, holdout: dict[str, int]) -> l
         if stage.steps is not None:
             steps = stage.steps
         elif stage.tokens is not None:
-            steps = math.ceil(stage.tokens / (global_batch * rows.row_length))
+            steps = math.ceil(stage.tokens / (global_batch(cfg, world) * rows.row_length))
         else:
-            steps = max(1, len(rows) // global_batch)
-        plans.append(
-            StagePlan(
-                index=index,
-                config=stage,
-                rows=rows,
-                steps=steps,
-                lr=stage.lr if stage.lr is not None else cfg.optim.lr,
-                warmup=min(
-                    stage.warmup_steps
-                    if stage.warmup_steps is not None
-                    else cfg.optim.warmup_steps,
-                    steps,
-                ),
-                min_lr_ratio=(
-                    stage.min_lr_ratio if stage.min_lr_ratio is not None else cfg.optim.min_lr_ratio
-                ),
-            )
-        )
+            steps = max(1, len(rows) // global_batch(cfg, world))
+        plans.append(stage_plan(cfg, index, stage, rows, steps))
     return plans
 
 
@@ -198,9 +202,9 @@ def _holdout(cfg: PretrainConfig) -> dict[str, int]:
 
 def _eval_rows(cfg: PretrainConfig, holdout: dict[str, int]) -> PackedRows | None:
     if cfg.eval.data is not None:
-        return PackedRows([cfg.eval.data], shuffle=False)
+        return PackedRows.from_disk([cfg.eval.data], shuffle=False)
     if holdout:
-        return PackedRows(
+        return PackedRows.from_disk(
             [cfg.stages[0].data[0]], holdout=holdout, take_holdout=True, shuffle=False
         )
     return None
@@ -218,7 +222,7 @@ def _forward(model: nn.Module, batch: Batch, autocast: torch.dtype | None):
         )
 
 
-def _rank_samples(step: int, micro: int, cfg: PretrainConfig, world: World) -> range:
+def _rank_samples(step: int, micro: int, cfg: RunConfig, world: World) -> range:
     """Global sample indices of micro-batch `micro` of `step` on this rank."""
     per_step = cfg.micro_batch_size * cfg.grad_accum * world.size
     start = step * per_step + (micro * world.size + world.rank) * cfg.micro_batch_size
@@ -261,17 +265,39 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, rows: PackedRows, cfg: PretrainConfig, world: World, autocast
-) -> float:
+def evaluate(model: nn.Module, rows: PackedRows, cfg: RunConfig, world: World, autocast) -> float:
     """Token-mean cross-entropy over the held-out rows (every rank runs the same batches).
 
-    The model stays in train mode: there is no dropout, and NormHead's eval-time cache keys on
-    storage that FSDP reuses between gathers.
+    Dropout (a LoRA adapter's) and input noise (NEFTune) are off; NormHead stays in train
+    mode, since its eval-time cache keys on storage that FSDP reuses between gathers.
     """
     n = min(len(rows), cfg.eval.max_rows)
     per = cfg.micro_batch_size
     sums = torch.zeros(2, dtype=torch.float64, device=world.device)
+    with _eval_mode(model):
+        _score_rows(model, rows, n, per, world, autocast, sums)
+    if hasattr(model, "reshard"):
+        # FSDP2 leaves the root's parameters gathered after a forward without backward; an
+        # optimizer built now would hold the gathered tensors instead of the shards.
+        model.reshard()
+    all_reduce(sums, world)
+    return (sums[0] / sums[1].clamp(min=1)).item()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Every module but NormHead in eval mode for the block, then back as it was."""
+    switched = [m for m in model.modules() if m.training and not isinstance(m, NormHead)]
+    for module in switched:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.training = True
+
+
+def _score_rows(model, rows: PackedRows, n: int, per: int, world: World, autocast, sums) -> None:
     for start in range(0, n, per * world.size):
         first = start + world.rank * per
         samples = range(first, min(first + per, n))
@@ -281,8 +307,6 @@ def evaluate(
         sums += torch.stack([out.ce_loss.double(), torch.tensor(float(batch.num_labels))]).to(
             sums.device
         )
-    all_reduce(sums, world)
-    return (sums[0] / sums[1].clamp(min=1)).item()
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -305,17 +329,26 @@ def _stop_everywhere(flag: _StopFlag, world: World) -> bool:
 
 
 class Trainer:
-    """One run: its config, world, model, logger and state, and the stage loop over them."""
+    """One run: its config, world, model, logger and state, and the stage loop over them.
 
-    def __init__(self, cfg: PretrainConfig, world: World):
+    This class is `chuan pretrain`; another kind of run (`chuan sft`) subclasses it and
+    replaces the hooks: `build_data`, `build_model`, `prepare_stage`, `write_model`,
+    `finish` and `report_extras`. The loop, its exactness and its checkpoints are shared.
+    """
+
+    verb = "pretrain"
+    title = "Pretraining run"
+    # Checkpoints hold only the trainable parameters (the rest is re-read from the base).
+    trainable_only_checkpoints = False
+
+    def __init__(self, cfg: RunConfig, world: World):
         self.cfg = cfg
         self.world = world
         self.run_dir = Path(cfg.out)
-        self.tokenizer_dir = cfg.tokenizer or cfg.model
-        holdout = _holdout(cfg)  # the data first: a wrong path fails before any model is built
-        self.plans = plan_stages(cfg, world, holdout)
-        self.eval_rows = _eval_rows(cfg, holdout)
-        self.model = parallelize(initial_model(cfg).to(world.device), cfg, world)
+        self.tokenizer_dir = self.tokenizer_source()
+        # The data first: a wrong path fails before any model is built.
+        self.plans, self.eval_rows = self.build_data()
+        self.model = parallelize(self.build_model().to(world.device), cfg, world)
         self.model.train()
         self.config = self.model.config
         self.strategy = strategy_for(cfg.distributed.strategy, world)
@@ -329,6 +362,39 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         self.last: dict = {}
         self.last_eval: tuple[int, float | None] = (-1, None)
+        self.first_eval: float | None = None  # at step 0 (None when resumed)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def tokenizer_source(self) -> str | None:
+        """The dir whose tokenizer files every saved model dir gets."""
+        return self.cfg.tokenizer or self.cfg.model
+
+    def build_data(self) -> tuple[list[StagePlan], PackedRows | None]:
+        """The stages' plans and the held-out rows (None: no held-out loss)."""
+        holdout = _holdout(self.cfg)
+        return plan_stages(self.cfg, self.world, holdout), _eval_rows(self.cfg, holdout)
+
+    def build_model(self) -> nn.Module:
+        """The model to train, fp32 on the CPU (the trainer moves and wraps it)."""
+        return initial_model(self.cfg)
+
+    def prepare_stage(self, plan: StagePlan) -> None:
+        """Set what trains in this stage."""
+        set_trainable(self.model, plan.config.freeze)
+
+    def write_model(self, out: Path) -> None:
+        """Write the model as it is now to `out` (all ranks call this: it may gather)."""
+        save_model_dir(self.model, out, self.world, self.tokenizer_dir)
+
+    def finish(self) -> Path:
+        """Write the final outputs after the last stage; returns the final model dir."""
+        self.write_model(self.run_dir / "model")
+        return self.run_dir / "model"
+
+    def report_extras(self) -> tuple[dict, list[str]]:
+        """More fields for `report.json` and lines for `report.md`."""
+        return {}, []
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -349,16 +415,20 @@ class Trainer:
         interrupted = False
         stopped_by = None
         if checkpoint is not None and self.state.stage >= len(self.plans):  # finished already
-            load_checkpoint(checkpoint, self.model, None, world)
+            load_checkpoint(
+                checkpoint, self.model, None, world, trainable_only=self.trainable_only_checkpoints
+            )
         bar = tqdm(
             total=total,
             initial=self.state.step,
-            desc="pretrain",
+            desc=self.verb,
             unit="step",
             disable=not (world.is_main and cfg.log.progress),
             dynamic_ncols=True,
         )
         try:
+            if self.state.step == 0:  # the held-out loss before any training, to compare
+                self.first_eval = self._evaluate_and_log()
             with _StopFlag() as stop:
                 for plan in self.plans[self.state.stage :]:
                     interrupted = self._run_stage(plan, checkpoint, stop, bar)
@@ -367,16 +437,17 @@ class Trainer:
                         break
             stopped_by = stop.signal
             eval_loss = None
+            model_dir = None
             if not interrupted:
                 eval_loss = self._evaluate_and_log()
-                save_model_dir(self.model, self.run_dir / "model", world, self.tokenizer_dir)
+                model_dir = self.finish()
             self._write_report(interrupted, eval_loss)
         finally:
             bar.close()
             self.logger.close()
         return PretrainResult(
             run_dir=self.run_dir,
-            model_dir=None if interrupted else self.run_dir / "model",
+            model_dir=model_dir,
             steps=self.state.step,
             tokens=self.state.tokens,
             final_loss=self.last.get("loss"),
@@ -403,7 +474,7 @@ class Trainer:
         """Train one stage from the current state; True when stopped by a signal."""
         cfg, world, state = self.cfg, self.world, self.state
         base = self.model
-        set_trainable(base, plan.config.freeze)
+        self.prepare_stage(plan)
         model = wrap_ddp(base, world) if self.strategy == "ddp" else base
         optimizer = build_optimizer(base, cfg.optim, plan.lr)
         scheduler = build_scheduler(
@@ -411,7 +482,13 @@ class Trainer:
         )
         if checkpoint is not None:
             resumed_mid_stage = state.stage_step > 0
-            load_checkpoint(checkpoint, base, optimizer if resumed_mid_stage else None, world)
+            load_checkpoint(
+                checkpoint,
+                base,
+                optimizer if resumed_mid_stage else None,
+                world,
+                trainable_only=self.trainable_only_checkpoints,
+            )
             if resumed_mid_stage:
                 scheduler.load_state_dict(state.scheduler)
         bad_in_a_row = 0
@@ -468,14 +545,15 @@ class Trainer:
                     optimizer,
                     state,
                     world,
-                    tokenizer_dir=self.tokenizer_dir,
+                    write_model=self.write_model,
                     keep=cfg.checkpoint.keep,
+                    trainable_only=self.trainable_only_checkpoints,
                 )
             if stopping:
                 if world.is_main:
                     tqdm.write(
                         f"stopped at step {state.step}; checkpoint saved. Continue with: "
-                        f"chuan pretrain --config {self.run_dir / 'config.yaml'} --resume auto"
+                        f"chuan {self.verb} --config {self.run_dir / 'config.yaml'} --resume auto"
                     )
                 return True
             if stage_done:
@@ -533,6 +611,7 @@ class Trainer:
             "skipped_steps": self.state.skipped_steps,
             "final_loss": self.last.get("loss"),
             "eval_loss": eval_loss,
+            "first_eval_loss": self.first_eval,
             "first_loss": trained[0]["loss"] if trained else None,
             "tokens_per_s": trained[-1]["tokens_per_s"] if trained else None,
             "mfu": trained[-1]["mfu"] if trained else None,
@@ -549,27 +628,31 @@ class Trainer:
                     "rows": len(p.rows),
                     "lr": p.lr,
                     "warmup": p.warmup,
-                    "freeze": p.config.freeze,
+                    "freeze": getattr(p.config, "freeze", "none"),  # SFT: see `finetune`
                 }
                 for p in self.plans
             ],
             "loss_png": str(plot) if plot else None,
         }
-        write_report(self.run_dir, report, _report_markdown(report))
+        extra, lines = self.report_extras()
+        report.update(extra)
+        markdown = _report_markdown(self.title, report) + "".join(f"{line}\n" for line in lines)
+        write_report(self.run_dir, report, markdown)
 
 
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _report_markdown(report: dict) -> str:
+def _report_markdown(title: str, report: dict) -> str:
     lines = [
-        f"# Pretraining run ({report['status']})",
+        f"# {title} ({report['status']})",
         "",
         f"- steps: {report['steps']:,}, tokens: {report['tokens']:,}, "
         f"skipped steps: {report['skipped_steps']}",
         f"- loss: {_fmt(report['first_loss'], '.4f')} → {_fmt(report['final_loss'], '.4f')}; "
-        f"held-out: {_fmt(report['eval_loss'], '.4f')}",
+        f"held-out: {_fmt(report['first_eval_loss'], '.4f')} → "
+        f"{_fmt(report['eval_loss'], '.4f')}",
         f"- throughput: {_fmt(report['tokens_per_s'], ',.0f')} tokens/s, "
         f"MFU {_fmt(report['mfu'], '.1%')} of {report['peak_flops'] / 1e12:.2f} TFLOP/s "
         f"({report['peak_flops_source']})",

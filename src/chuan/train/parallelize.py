@@ -18,11 +18,17 @@ def parallelize(model: nn.Module, cfg: PretrainConfig, world: World) -> nn.Modul
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     if cfg.compile:
-        for layer in model.model.layers:
+        for layer in decoder_layers(model):
             layer.compile()
     if strategy_for(cfg.distributed.strategy, world) == "fsdp":
         shard_fsdp(model, world)
     return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a chuan model, or of the one inside a peft adapter wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.layers
 
 
 def strategy_for(requested: str, world: World) -> str:
@@ -40,7 +46,7 @@ def shard_fsdp(model: nn.Module, world: World) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(world.device.type, (world.size,))
-    for layer in model.model.layers:
+    for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
