@@ -12,6 +12,7 @@ import re
 import typing
 from pathlib import Path
 
+from chuan.align.dpo_config import DPOConfig
 from chuan.align.sft_config import SFTConfig
 from chuan.data.clean import CleanConfig
 from chuan.data.mix import MixConfig
@@ -22,6 +23,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 ROOTS = [
     (PretrainConfig, "chuan pretrain --config FILE"),
     (SFTConfig, "chuan sft --config FILE"),
+    (DPOConfig, "chuan dpo --config FILE"),
     (CleanConfig, "chuan data clean --config FILE"),
     (MixConfig, "chuan data mix --config FILE"),
     (SweepConfig, "chuan scaling sweep --config FILE"),

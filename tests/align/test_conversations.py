@@ -409,7 +409,7 @@ def test_a_missing_file(tmp_path):
 def test_a_text_file_is_not_sft_data(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("q\ta\n", encoding="utf-8")
-    with pytest.raises(InputError, match="not an SFT data file"):
+    with pytest.raises(InputError, match="unsupported SFT data file"):
         read_conversations(path, "alpaca")
 
 

@@ -8,17 +8,11 @@ subprocess, as a user would run them; the others run in process.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from chuan.align.sft import SFTTrainer, sft
@@ -27,44 +21,13 @@ from chuan.config import from_dict
 from chuan.infer.loading import load_model
 from chuan.train.checkpoint import latest_checkpoint
 from chuan.train.distributed import close_world, init_world
+from helpers.cli_runs import chuan_process, finish, kill_after
+from helpers.pretrain_fixtures import write_config
 from helpers.sft_fixtures import TRANSLATIONS, sft_config
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def _write(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-def _cli(config: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
-    launcher = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else [sys.executable]
-    )
-    return subprocess.Popen(
-        [*launcher, "-m", "chuan.cli", "sft", "--config", str(config), *extra],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    return out
 
 
 def _losses(run: Path) -> list[float]:
     return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").open() if '"loss"' in x]
-
-
-def _steps_logged(run: Path) -> int:
-    metrics = run / "metrics.jsonl"
-    return sum('"loss"' in line for line in metrics.open()) if metrics.is_file() else 0
 
 
 # --- learning -------------------------------------------------------------------------------
@@ -166,24 +129,17 @@ def test_lora_trains_only_the_adapter_and_merges_exactly(tmp_path, base_dir):
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_sigkill_then_resume_auto_is_bit_identical(tmp_path, base_dir, finetune):
-    reference = _write(
+    reference = write_config(
         tmp_path / "reference.yaml", sft_config(tmp_path / "reference", base_dir, finetune=finetune)
     )
-    _finish(_cli(reference))
-    kill_after = random.Random().randrange(5, 12)
-    config = _write(
+    finish(chuan_process("sft", reference))
+    steps = random.Random().randrange(5, 12)
+    config = write_config(
         tmp_path / "run.yaml", sft_config(tmp_path / "run", base_dir, finetune=finetune)
     )
-    proc = _cli(config)
-    deadline = time.monotonic() + 120
-    while _steps_logged(tmp_path / "run") < kill_after:
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(chuan_process("sft", config), tmp_path / "run", steps)
     assert latest_checkpoint(tmp_path / "run") is not None
-    _finish(_cli(config, "--resume", "auto"))
+    finish(chuan_process("sft", config, "--resume", "auto"))
     outputs = ["model"] + (["adapter"] if finetune == "lora" else [])
     for name in outputs:
         weights = "adapter_model.safetensors" if name == "adapter" else "model.safetensors"
@@ -191,7 +147,7 @@ def test_sigkill_then_resume_auto_is_bit_identical(tmp_path, base_dir, finetune)
         got = load_file(tmp_path / "run" / name / weights)
         assert expected.keys() == got.keys()
         for key in expected:
-            assert torch.equal(expected[key], got[key]), f"{name}/{key} (killed at {kill_after})"
+            assert torch.equal(expected[key], got[key]), f"{name}/{key} (killed at {steps})"
     assert _losses(tmp_path / "run") == _losses(tmp_path / "reference")
 
 
@@ -207,10 +163,9 @@ def test_accumulation_and_two_ranks_give_the_single_process_loss(tmp_path, base_
         "accumulated": ({"micro_batch_size": 4, "grad_accum": 2}, 1),
         "ranks": ({"micro_batch_size": 4}, 2),
     }
-    procs = []
     for name, (fields, nproc) in runs.items():
         fields = {**fields, "finetune": finetune, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
-        config = _write(
+        config = write_config(
             tmp_path / f"{name}.yaml",
             sft_config(
                 tmp_path / name,
@@ -218,8 +173,7 @@ def test_accumulation_and_two_ranks_give_the_single_process_loss(tmp_path, base_
                 **{**fields, "stages": [{"data": [{"path": str(TRANSLATIONS)}], "steps": 6}]},
             ),
         )
-        procs.append(_cli(config, nproc=nproc))
-        _finish(procs[-1])
+        finish(chuan_process("sft", config, nproc=nproc))
     single = _losses(tmp_path / "single")
     assert len(single) == 6
     for name in ("accumulated", "ranks"):

@@ -57,5 +57,5 @@ def pretrain_config(out: Path, data: Path, tokenizer: Path, **fields) -> dict:
 
 def write_config(path: Path, config: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path

@@ -160,12 +160,12 @@ def test_stage_length_from_tokens_rounds_up_to_whole_steps(tmp_path):
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py; *-sft.yaml
-# and sft-*.yaml are fine-tuning recipes, checked in tests/align/test_sft_recipes.py
+# scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py; *-sft.yaml,
+# sft-*.yaml and dpo-*.yaml are post-training recipes, checked in tests/align/
 RECIPES = sorted(
     p
     for p in CONFIGS.glob("*.yaml")
-    if not p.stem.startswith("scaling-") and "sft" not in p.stem.split("-")
+    if not p.stem.startswith("scaling-") and not {"sft", "dpo"} & set(p.stem.split("-"))
 )
 
 

@@ -56,7 +56,7 @@ SHAREGPT_TAGS = {
 }
 MESSAGES_ROLES = {"user": "user", "assistant": "assistant"}
 # Tool calls and their results have no place in a user/assistant conversation yet.
-_TOOL_TAGS = {"sharegpt": ("observation", "function_call"), "messages": ("tool", "function")}
+TOOL_TAGS = {"sharegpt": ("observation", "function_call"), "messages": ("tool", "function")}
 TOOL_REASON = "tool turns (observation/function_call) are not supported"
 # What marks each layout (as `detect_format` reads it), for the error when nothing matches.
 _SIGNS = {
@@ -124,28 +124,47 @@ def detect_format(record: dict) -> str | None:
 def to_conversation(record: dict, format: str) -> Conversation:
     """Read one record of the given layout; raises `RecordRejected` for a record that is not
     one valid conversation, and `InputError` for a format name chuan does not know."""
-    _check_format_name(format)
+    SFT_LAYOUTS.check_format(format)
     if not isinstance(record, dict):
         raise RecordRejected(f"expected a JSON object, got {type(record).__name__}")
     return _READERS[format](record)
 
 
-def read_conversations(
-    path: str | Path, format: str | None = None
-) -> tuple[list[Conversation], list[Reject]]:
-    """Every conversation of one SFT data file, and a `Reject` for every bad record, in file
-    order (bad records never stop the read).
+@dataclass(frozen=True)
+class Layouts:
+    """The record layouts of one kind of data file, for `read_records`: `detect(record)`
+    names a record's layout (or None), `convert(record, format)` reads it or raises
+    `RecordRejected`; `signs` says what marks each layout, for the error when none matches."""
+
+    kind: str
+    formats: tuple[str, ...]
+    detect: Callable[[dict], str | None]
+    convert: Callable[[dict, str], Any]
+    signs: dict[str, str]
+
+    def check_format(self, format: str) -> None:
+        if format not in self.formats:
+            raise InputError(
+                f"unknown {self.kind} format {format!r}; expected one of {', '.join(self.formats)}"
+            )
+
+
+def read_records(
+    path: str | Path, format: str | None, layouts: Layouts
+) -> tuple[list, list[Reject]]:
+    """Every record of one data file read by `layouts.convert` (with `origin` "path:line"),
+    and a `Reject` for every bad record, in file order (bad records never stop the read).
 
     Files are read by `chuan.documents.iter_records`: `.jsonl`, `.json` (JSON Lines or one
     array), `.parquet`, the text ones optionally `.gz` / `.zst`. With `format` None the layout
-    is taken from the first record that looks like one (`detect_format`) and applies to the
+    is taken from the first record that looks like one (`layouts.detect`) and applies to the
     whole file, so a record of another layout is a reject; a file where no record looks like
-    any layout is an `InputError`, a file without records gives no conversations.
+    any layout is an `InputError`, a file without records gives nothing.
     """
     if format is not None:
-        _check_format_name(format)
+        layouts.check_format(format)
     path = Path(path)
-    _check_file(path)
+    _check_file(path, layouts.kind)
     rejects: list[Reject] = []
 
     def unparseable(error: RecordError) -> None:
@@ -154,58 +173,66 @@ def read_conversations(
     records = iter_records(path, on_error=unparseable)
     seen: list[tuple[int, Any]] = []  # records read while looking for the layout
     if format is None:
-        format = _detect(records, seen)
+        format = _detect(records, seen, layouts.detect)
         if format is None:
             if seen or rejects:
-                raise InputError(_undetected(path, len(seen), len(rejects)))
+                raise InputError(_undetected(path, len(seen), len(rejects), layouts))
             return [], rejects
-    conversations = []
+    items = []
     for line, record in itertools.chain(seen, records):
         try:
-            conversation = to_conversation(record, format)
+            if not isinstance(record, dict):
+                raise RecordRejected(f"expected a JSON object, got {type(record).__name__}")
+            item = layouts.convert(record, format)
         except RecordRejected as error:
             rejects.append(Reject(str(path), line, error.reason))
         else:
-            conversations.append(replace(conversation, origin=f"{path}:{line}"))
+            items.append(replace(item, origin=f"{path}:{line}"))
     rejects.sort(key=lambda r: r.line)  # records read for detection are judged late
-    return conversations, rejects
+    return items, rejects
 
 
-def _check_format_name(format: str) -> None:
-    if format not in FORMATS:
-        known = ", ".join(FORMATS)
-        raise InputError(f"unknown SFT data format {format!r}; expected one of {known}")
+def read_conversations(
+    path: str | Path, format: str | None = None
+) -> tuple[list[Conversation], list[Reject]]:
+    """Every conversation of one SFT data file and a `Reject` for every bad record
+    (`read_records`)."""
+    return read_records(path, format, SFT_LAYOUTS)
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, kind: str) -> None:
     if not path.exists():
         raise MissingError(f"{path} not found")
     if path.is_dir():
-        raise InputError(f"{path} is a dir: name the SFT data files in it")
+        raise InputError(f"{path} is a dir: name the {kind} files in it")
     suffix = format_of(path)
     if suffix is None or suffix.startswith(".txt"):
         raise InputError(
-            f"{path}: not an SFT data file; expected .jsonl, .json or .parquet "
+            f"{path}: unsupported {kind} file; expected .jsonl, .json or .parquet "
             "(the first two optionally .gz or .zst)"
         )
 
 
-def _detect(records: Iterable[tuple[int, Any]], seen: list[tuple[int, Any]]) -> str | None:
+def _detect(
+    records: Iterable[tuple[int, Any]],
+    seen: list[tuple[int, Any]],
+    detect: Callable[[dict], str | None],
+) -> str | None:
     """The layout of the first record that has one; every record read is kept in `seen`."""
     for numbered in records:
         seen.append(numbered)
-        found = detect_format(numbered[1])
+        found = detect(numbered[1]) if isinstance(numbered[1], dict) else None
         if found is not None:
             return found
     return None
 
 
-def _undetected(path: Path, records: int, unparseable: int) -> str:
-    signs = "; ".join(f"{name}: {sign}" for name, sign in _SIGNS.items())
+def _undetected(path: Path, records: int, unparseable: int, layouts: Layouts) -> str:
+    signs = "; ".join(f"{name}: {sign}" for name, sign in layouts.signs.items())
     read = f"{records} records" + (f" and {unparseable} unparseable lines" if unparseable else "")
     return (
-        f"{path}: none of its {read} looks like a known SFT data format ({signs}); "
-        f"name the format with `format:` (one of {', '.join(FORMATS)})"
+        f"{path}: none of its {read} looks like a known {layouts.kind} format ({signs}); "
+        f"name the format with `format:` (one of {', '.join(layouts.formats)})"
     )
 
 
@@ -222,11 +249,11 @@ def _string(record: dict, field: str, *, optional: bool = False) -> str | None:
             return None
         raise RecordRejected(f"missing field {field!r}")
     if not isinstance(value, str):
-        raise RecordRejected(f"field {field!r} must be a string, {_got(value)}")
+        raise RecordRejected(f"field {field!r} must be a string, {describe_value(value)}")
     return value
 
 
-def _got(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """What a value of the wrong type is, for a reason: "got list", "got nothing"."""
     return "got nothing (missing or null)" if value is None else f"got {type(value).__name__}"
 
@@ -275,7 +302,7 @@ def _history(history: Any) -> list[_Turn]:
     if not isinstance(history, list):
         raise RecordRejected(
             f"malformed history: 'history' must be a list of [query, response] pairs, "
-            f"{_got(history)}"
+            f"{describe_value(history)}"
         )
     turns: list[_Turn] = []
     for i, pair in enumerate(history):
@@ -294,7 +321,7 @@ def _history(history: Any) -> list[_Turn]:
     return turns
 
 
-def _message_list(
+def message_list(
     record: dict,
     field: str,
     keys: tuple[str, str],
@@ -307,7 +334,9 @@ def _message_list(
     role_key, content_key = keys
     messages = record.get(field)
     if not isinstance(messages, list):
-        raise RecordRejected(f"field {field!r} must be a list of messages, {_got(messages)}")
+        raise RecordRejected(
+            f"field {field!r} must be a list of messages, {describe_value(messages)}"
+        )
     system = _string(record, "system", optional=True)
     turns: list[_Turn] = []
     for i, message in enumerate(messages):
@@ -319,7 +348,7 @@ def _message_list(
             )
         tag = message.get(role_key)
         if not isinstance(tag, str):
-            raise RecordRejected(f"{where}: {role_key!r} must be a string, {_got(tag)}")
+            raise RecordRejected(f"{where}: {role_key!r} must be a string, {describe_value(tag)}")
         if tag in tool_tags:
             raise RecordRejected(f"{TOOL_REASON}: {where} is {tag!r}")
         if tag != "system" and tag not in tags:
@@ -327,7 +356,9 @@ def _message_list(
             raise RecordRejected(f"unknown role tag {tag!r} at {where} (known: {known})")
         content = message.get(content_key)
         if not isinstance(content, str):
-            raise RecordRejected(f"{where}: {content_key!r} must be a string, {_got(content)}")
+            raise RecordRejected(
+                f"{where}: {content_key!r} must be a string, {describe_value(content)}"
+            )
         if tag == "system":
             if i:
                 raise RecordRejected(f"a system message is allowed only first: {where} is 'system'")
@@ -342,14 +373,14 @@ def _message_list(
 
 
 def _sharegpt(record: dict) -> Conversation:
-    return _message_list(
-        record, "conversations", ("from", "value"), SHAREGPT_TAGS, _TOOL_TAGS["sharegpt"]
+    return message_list(
+        record, "conversations", ("from", "value"), SHAREGPT_TAGS, TOOL_TAGS["sharegpt"]
     )
 
 
 def _messages(record: dict) -> Conversation:
-    return _message_list(
-        record, "messages", ("role", "content"), MESSAGES_ROLES, _TOOL_TAGS["messages"]
+    return message_list(
+        record, "messages", ("role", "content"), MESSAGES_ROLES, TOOL_TAGS["messages"]
     )
 
 
@@ -369,3 +400,6 @@ _READERS: dict[str, Callable[[dict], Conversation]] = {
     "messages": _messages,
     "colossal": _colossal,
 }
+
+
+SFT_LAYOUTS = Layouts("SFT data", FORMATS, detect_format, to_conversation, _SIGNS)

@@ -128,7 +128,7 @@ class SFTTrainer(Trainer):
         for index, stage in enumerate(cfg.stages):
             loaded = [read_source(source, self.stats) for source in stage.data]
             if index == 0 and cfg.eval.holdout:
-                held_out, loaded[0] = _split_holdout(loaded[0], cfg.eval.holdout, cfg.seed)
+                held_out, loaded[0] = split_holdout(loaded[0], cfg.eval.holdout, cfg.seed)
             conversations = mix(stage.data, loaded, seed=cfg.seed + index)
             for c in conversations:
                 self.stats.mixed[c.origin.rsplit(":", 1)[0]] += 1
@@ -283,7 +283,7 @@ def _one_line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _split_holdout(
+def split_holdout(
     conversations: list[Conversation], count: int, seed: int
 ) -> tuple[list[Conversation], list[Conversation]]:
     """(held out, kept): `count` conversations drawn seeded, the rest in their order."""
@@ -312,12 +312,17 @@ def inspect(cfg: SFTConfig, count: int) -> str:
     return "\n\n".join(render_sample(template, c, e) for c, e in encoded)
 
 
-def sft(cfg: SFTConfig, *, resume: str | None = None) -> PretrainResult:
-    """Run (or, with `resume="auto"` or a checkpoint path, continue) a fine-tuning run."""
+def run_fine_tune(trainer: type[SFTTrainer], cfg: SFTConfig, resume: str | None):
+    """One run of `trainer` (this module's or a subclass): the world set up and torn down."""
     read_config_dict(cfg.model)  # a missing base fails before anything else
     world = init_world(cfg.device, cfg.distributed.backend)
     try:
         torch.manual_seed(cfg.seed)
-        return SFTTrainer(cfg, world).run(resume)
+        return trainer(cfg, world).run(resume)
     finally:
         close_world(world)
+
+
+def sft(cfg: SFTConfig, *, resume: str | None = None) -> PretrainResult:
+    """Run (or, with `resume="auto"` or a checkpoint path, continue) a fine-tuning run."""
+    return run_fine_tune(SFTTrainer, cfg, resume)

@@ -64,13 +64,15 @@ class SFTDataStats:
         }
 
 
-def read_source(source: DataSource, stats: SFTDataStats) -> list[Conversation]:
-    conversations, rejects = read_conversations(source.path, source.format)
+def read_source(source, stats: SFTDataStats, reader=read_conversations) -> list:
+    """The valid records of one source (`reader(path, format)` gives them and the rejects),
+    counted in `stats`; a source with none is an error."""
+    conversations, rejects = reader(source.path, source.format)
     stats.read[source.path] += len(conversations)
     stats.rejects += rejects
     if not conversations:
         raise InputError(
-            f"{source.path}: no valid conversation ({len(rejects)} rejected, e.g. "
+            f"{source.path}: no valid record ({len(rejects)} rejected, e.g. "
             f"{rejects[0].reason if rejects else 'the file is empty'}); fix the data or its "
             "`format`"
         )
@@ -103,7 +105,7 @@ def mix(
     return [mixed[i] for i in rng.permutation(len(mixed))]
 
 
-def _rounds(turns: Sequence[tuple[str, str]]) -> list[int]:
+def round_starts(turns: Sequence[tuple[str, str]]) -> list[int]:
     """Indices where each round (a user turn and its answer) starts."""
     return [i for i, (role, _) in enumerate(turns) if role == "user"]
 
@@ -138,7 +140,7 @@ def _cut_oldest_rounds(
     template: ChatTemplate, conversation: Conversation, max_length: int, mask_history: bool
 ) -> Encoded | None:
     turns = conversation.messages
-    for start in _rounds(turns)[1:]:
+    for start in round_starts(turns)[1:]:
         (sample,) = template.encode(
             [(conversation.system, turns[start:])], mask_history=mask_history
         )

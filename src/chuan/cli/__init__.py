@@ -18,6 +18,7 @@ VERB_MODULES = (
     "data",
     "pretrain",
     "sft",
+    "dpo",
     "tokenizer",
     "eval",
     "generate",

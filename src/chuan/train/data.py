@@ -162,7 +162,7 @@ class PackedRows:
     def batch(self, samples: range | list[int]) -> Batch:
         rows = self.data[[self.row(k) for k in samples]]
         ids, segments, target = (
-            _stack(rows[c], fill)
+            stack_rows(rows[c], fill)
             for c, fill in (
                 ("input_ids", 0),
                 ("segment_ids", 0),
@@ -174,7 +174,7 @@ class PackedRows:
         return Batch.of(ids, segments, torch.as_tensor(labels_from_row(ids, segments, target)))
 
 
-def _stack(rows, fill: int) -> torch.Tensor:
+def stack_rows(rows, fill: int) -> torch.Tensor:
     """`[B, T]` int64 from equal rows (one array) or ragged ones (padded on the right)."""
     rows = np.asarray(rows) if not isinstance(rows, list) else rows
     if isinstance(rows, np.ndarray) and rows.dtype != object:

@@ -274,7 +274,7 @@ def evaluate(model: nn.Module, rows: PackedRows, cfg: RunConfig, world: World, a
     n = min(len(rows), cfg.eval.max_rows)
     per = cfg.micro_batch_size
     sums = torch.zeros(2, dtype=torch.float64, device=world.device)
-    with _eval_mode(model):
+    with eval_mode(model):
         _score_rows(model, rows, n, per, world, autocast, sums)
     if hasattr(model, "reshard"):
         # FSDP2 leaves the root's parameters gathered after a forward without backward; an
@@ -285,7 +285,7 @@ def evaluate(model: nn.Module, rows: PackedRows, cfg: RunConfig, world: World, a
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     """Every module but NormHead in eval mode for the block, then back as it was."""
     switched = [m for m in model.modules() if m.training and not isinstance(m, NormHead)]
     for module in switched:
@@ -333,7 +333,8 @@ class Trainer:
 
     This class is `chuan pretrain`; another kind of run (`chuan sft`) subclasses it and
     replaces the hooks: `build_data`, `build_model`, `prepare_stage`, `write_model`,
-    `finish` and `report_extras`. The loop, its exactness and its checkpoints are shared.
+    `finish`, `report_extras`, and (a run with another loss: `chuan dpo`) `train_step` and
+    `held_out`. The loop, its exactness and its checkpoints are shared.
     """
 
     verb = "pretrain"
@@ -346,13 +347,13 @@ class Trainer:
         self.world = world
         self.run_dir = Path(cfg.out)
         self.tokenizer_dir = self.tokenizer_source()
+        self.autocast = autocast_dtype(cfg.precision, world.device)
         # The data first: a wrong path fails before any model is built.
         self.plans, self.eval_rows = self.build_data()
         self.model = parallelize(self.build_model().to(world.device), cfg, world)
         self.model.train()
         self.config = self.model.config
         self.strategy = strategy_for(cfg.distributed.strategy, world)
-        self.autocast = autocast_dtype(cfg.precision, world.device)
         self.row_length = self.plans[0].rows.row_length
         self.flops_per_token = training_flops_per_token(self.config, self.row_length)
         self.peak, self.peak_source = peak_flops(
@@ -361,8 +362,10 @@ class Trainer:
         self.state = TrainerState(world_size=world.size)
         self.logger: MetricsLogger | None = None
         self.last: dict = {}
-        self.last_eval: tuple[int, float | None] = (-1, None)
-        self.first_eval: float | None = None  # at step 0 (None when resumed)
+        # The held-out numbers at step 0 (None when resumed) and at the newest evaluation.
+        self.first_held_out: dict[str, float] | None = None
+        self.last_held_out: dict[str, float] | None = None
+        self.last_eval_step = -1
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -396,6 +399,17 @@ class Trainer:
         """More fields for `report.json` and lines for `report.md`."""
         return {}, []
 
+    def train_step(self, model: nn.Module, batches: list) -> dict[str, float]:
+        """Forward and backward of one optimizer step's micro-batches: at least `loss`,
+        `tokens` and `max_logit` in the result."""
+        return train_step(model, batches, self.world, self.autocast)
+
+    def held_out(self) -> dict[str, float]:
+        """The held-out numbers at the current step: at least `eval_loss`."""
+        return {
+            "eval_loss": evaluate(self.model, self.eval_rows, self.cfg, self.world, self.autocast)
+        }
+
     # -- the run -----------------------------------------------------------------------------
 
     def run(self, resume: str | None) -> PretrainResult:
@@ -428,7 +442,8 @@ class Trainer:
         )
         try:
             if self.state.step == 0:  # the held-out loss before any training, to compare
-                self.first_eval = self._evaluate_and_log()
+                self._evaluate_and_log()
+                self.first_held_out = self.last_held_out
             with _StopFlag() as stop:
                 for plan in self.plans[self.state.stage :]:
                     interrupted = self._run_stage(plan, checkpoint, stop, bar)
@@ -499,7 +514,7 @@ class Trainer:
                 plan.rows.batch(_rank_samples(step, micro, cfg, world)).to(world.device)
                 for micro in range(cfg.grad_accum)
             ]
-            stats = train_step(model, batches, world, self.autocast)
+            stats = self.train_step(model, batches)
             stats["grad_norm"] = _grad_norm(base, cfg.optim.grad_clip)
             stats["lr"] = scheduler.get_last_lr()[0]
             finite = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
@@ -592,11 +607,11 @@ class Trainer:
         """Held-out loss at the current step (computed once per step)."""
         if self.eval_rows is None:
             return None
-        if self.last_eval[0] != self.state.step:
-            loss = evaluate(self.model, self.eval_rows, self.cfg, self.world, self.autocast)
-            self._log({"step": self.state.step, "eval_loss": loss})
-            self.last_eval = (self.state.step, loss)
-        return self.last_eval[1]
+        if self.last_eval_step != self.state.step:
+            self.last_held_out = self.held_out()
+            self._log({"step": self.state.step, **self.last_held_out})
+            self.last_eval_step = self.state.step
+        return self.last_held_out["eval_loss"]
 
     def _write_report(self, interrupted: bool, eval_loss: float | None) -> None:
         if not self.world.is_main:
@@ -611,7 +626,7 @@ class Trainer:
             "skipped_steps": self.state.skipped_steps,
             "final_loss": self.last.get("loss"),
             "eval_loss": eval_loss,
-            "first_eval_loss": self.first_eval,
+            "first_eval_loss": self.first_held_out and self.first_held_out["eval_loss"],
             "first_loss": trained[0]["loss"] if trained else None,
             "tokens_per_s": trained[-1]["tokens_per_s"] if trained else None,
             "mfu": trained[-1]["mfu"] if trained else None,

@@ -1,0 +1,112 @@
+"""The `chuan dpo` recipe: the fine-tuning recipe's keys, preference data, and the loss.
+
+Defaults follow the papers: DPO's beta 0.1 (Rafailov et al. 2023, arXiv:2305.18290), SimPO's
+beta 2.0 and gamma 0.5 (Meng et al. 2024, arXiv:2405.14734), ORPO's lambda 0.1 (Hong et al.
+2024, arXiv:2403.07691, `beta` here), and a constant learning rate of 1e-6 with Baichuan 2's
+fine-tuning AdamW (0.9, 0.98).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from chuan.align.sft_config import (
+    DataSource,
+    SFTConfig,
+    SFTEvalConfig,
+    SFTOptimConfig,
+    SFTStageConfig,
+)
+from chuan.config import ConfigError, bounded, load_config
+
+# Losses that compare against a frozen reference model, and those that need none.
+REFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+
+
+@dataclass
+class PreferenceSource(DataSource):
+    """One preference file, its layout (detected when omitted) and its mixing weight (as in
+    `chuan sft`: the first source whole, the others `weight / first weight` per pair)."""
+
+    format: Literal["pairwise", "alpaca", "hh", "sharegpt", "colossal"] | None = None
+
+
+@dataclass
+class PreferenceStageConfig(SFTStageConfig):
+    """One stage: its pairs and its length (`steps`, else `epochs` passes over the pairs)."""
+
+    data: list[PreferenceSource]
+
+
+@dataclass
+class PreferenceEvalConfig(SFTEvalConfig):
+    """Held-out pairs: `holdout` taken (seeded) out of the first stage's first source, or
+    files of their own (`data`); at most `max_rows` pairs are scored."""
+
+    data: list[PreferenceSource] | None = None
+
+
+@dataclass
+class DPOOptimConfig(SFTOptimConfig):
+    lr: float = bounded(1e-6, gt=0)
+
+
+@dataclass(kw_only=True)
+class DPOConfig(SFTConfig):
+    """Everything one `chuan dpo` run needs; written back as `OUT/config.yaml`.
+
+    `loss`: `sigmoid` (DPO; with `label_smoothing` > 0 the conservative cDPO), `ipo`, `hinge`
+    (SLiC), `simpo` or `orpo` (the last two need no reference model). `reference` is the
+    frozen model dir the policy is compared with; by default the starting model (under LoRA:
+    the same model with its adapter switched off, so no second copy is loaded).
+    `precompute_reference` scores every pair with the reference once before training and
+    keeps the numbers with the rows; on-the-fly scoring gives the same bits (each pair is
+    scored alone either way). `sft_weight` adds that much of the chosen answers' token-mean
+    NLL (RPO, Pang et al. 2024, arXiv:2404.19733).
+    """
+
+    stages: list[PreferenceStageConfig]
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    beta: float | None = bounded(None, gt=0)
+    label_smoothing: float = bounded(0.0, ge=0, lt=0.5)
+    simpo_gamma: float = bounded(0.5, ge=0)
+    reference: str | None = None
+    precompute_reference: bool = False
+    sft_weight: float = bounded(0.0, ge=0)
+    packing: bool = False
+    optim: DPOOptimConfig = field(default_factory=DPOOptimConfig)
+    eval: PreferenceEvalConfig = field(default_factory=PreferenceEvalConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.packing:
+            raise ConfigError(
+                "packing: true is not supported for preference pairs (each pair is two padded "
+                "rows in one forward); remove it"
+            )
+        if self.mask_history:
+            raise ConfigError(
+                "mask_history: preference losses score only the last answer already; remove it"
+            )
+        if self.loss in REFERENCE_FREE_LOSSES and (self.reference or self.precompute_reference):
+            raise ConfigError(
+                f"loss: {self.loss} uses no reference model; remove `reference` / "
+                "`precompute_reference`"
+            )
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ConfigError("label_smoothing (cDPO) applies to loss: sigmoid only")
+
+    @property
+    def loss_beta(self) -> float:
+        """`beta`, or the paper's default for the loss."""
+        if self.beta is not None:
+            return self.beta
+        return {"simpo": 2.0, "orpo": 0.1}.get(self.loss, 0.1)
+
+
+def load_dpo_config(path: str | Path | None, overrides: list[str] = ()) -> DPOConfig:
+    """Read a recipe; relative paths are taken from the working dir."""
+    return load_config(DPOConfig, path, overrides)

@@ -1,0 +1,177 @@
+"""Preference pairs as training rows: the prompt with the chosen answer and with the rejected
+one, encoded by the chat template, cut to fit together, and batched chosen-then-rejected so
+that one forward scores both.
+
+Only the answer (and its end token) carries labels: the log-probability a preference loss
+compares is the sum over those tokens. A pair longer than `max_length` loses its oldest
+prompt rounds from both sides alike, so the two answers always follow the same prompt; a pair
+whose last round alone does not fit is dropped; both are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from chuan.align.preferences import Preference
+from chuan.align.sft_data import SFTDataStats, round_starts
+from chuan.errors import InputError
+from chuan.model.loss import IGNORE_INDEX
+from chuan.tokenizer.chat_templates import ChatTemplate, Encoded
+from chuan.train.data import Batch, PackedRows, stack_rows
+
+_ENCODE_BATCH = 256  # pairs per tokenizer call
+REFERENCE_COLUMNS = ("ref_chosen", "ref_rejected")
+
+
+@dataclass
+class PairBatch:
+    """B pairs as one micro-batch of 2B rows (the B chosen, then the B rejected), with the
+    reference log-probs `[2B]` (same order) when they were precomputed."""
+
+    batch: Batch
+    reference: torch.Tensor | None
+    pairs: list[int]  # the row index of each pair, to score the reference one pair at a time
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch.num_tokens
+
+    @property
+    def num_labels(self) -> int:
+        return self.batch.num_labels
+
+    def to(self, device: torch.device) -> PairBatch:
+        reference = None if self.reference is None else self.reference.to(device)
+        return PairBatch(self.batch.to(device), reference, self.pairs)
+
+
+class PairRows(PackedRows):
+    """The pairs one stage trains on, addressed by a global sample index like packed rows
+    (same seeded per-epoch order, so resume is exact)."""
+
+    COLUMNS = ["chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels"]
+
+    def __init__(self, data: Dataset, *, shuffle: bool = True, seed: int = 0):
+        if len(data) == 0:
+            raise InputError("no pairs to train on")
+        columns = self.COLUMNS + [
+            c for c in ("ref_chosen", "ref_rejected") if c in data.column_names
+        ]
+        self.data = data.with_format("numpy", columns=columns)
+        self.has_reference = "ref_chosen" in data.column_names
+        self.row_length = max(
+            max(map(len, data["chosen_ids"])), max(map(len, data["rejected_ids"]))
+        )
+        self.shuffle = shuffle
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def batch(self, samples: range | list[int]) -> PairBatch:
+        return self.rows_batch([self.row(k) for k in samples])
+
+    def rows_batch(self, rows: list[int]) -> PairBatch:
+        """The pairs at row indices `rows` (not sample indices) as one micro-batch."""
+        data = self.data[rows]
+        ids = stack_rows(list(data["chosen_ids"]) + list(data["rejected_ids"]), 0)
+        labels = stack_rows(
+            list(data["chosen_labels"]) + list(data["rejected_labels"]), IGNORE_INDEX
+        )
+        lengths = [len(r) for r in list(data["chosen_ids"]) + list(data["rejected_ids"])]
+        segments = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+        reference = None
+        if self.has_reference:
+            reference = torch.from_numpy(
+                np.concatenate([data["ref_chosen"], data["ref_rejected"]]).astype(np.float64)
+            )
+        return PairBatch(Batch.of(ids, segments, labels), reference, list(rows))
+
+    def with_reference(self, scores: np.ndarray) -> PairRows:
+        """These pairs with reference log-probs `scores[row] = (chosen, rejected)` kept
+        beside them."""
+        data = self.data.with_format(None)
+        data = data.remove_columns(
+            [c for c in ("ref_chosen", "ref_rejected") if c in data.column_names]
+        )
+        data = data.add_column("ref_chosen", scores[:, 0].tolist())
+        data = data.add_column("ref_rejected", scores[:, 1].tolist())
+        return PairRows(data, shuffle=self.shuffle, seed=self.seed)
+
+
+def _encode(template: ChatTemplate, pairs: Sequence[tuple[Preference, int]]) -> list[Encoded]:
+    """Chosen and rejected of each (pair, first prompt turn kept), answer-only labels."""
+    conversations = []
+    for pair, start in pairs:
+        for answer in (pair.chosen, pair.rejected):
+            turns = (*pair.prompt[start:], ("assistant", answer))
+            conversations.append((pair.system, turns))
+    return template.encode(conversations, mask_history=True)
+
+
+def encode_pairs(
+    template: ChatTemplate,
+    pairs: Sequence[Preference],
+    max_length: int,
+    stats: SFTDataStats,
+) -> list[tuple[Preference, Encoded, Encoded]]:
+    """Each pair's two samples within `max_length`, oldest prompt rounds cut from both."""
+    out = []
+    for first in range(0, len(pairs), _ENCODE_BATCH):
+        chunk = pairs[first : first + _ENCODE_BATCH]
+        encoded = _encode(template, [(p, 0) for p in chunk])
+        for i, pair in enumerate(chunk):
+            chosen, rejected = encoded[2 * i], encoded[2 * i + 1]
+            if max(len(chosen.input_ids), len(rejected.input_ids)) > max_length:
+                fitted = _cut_oldest_rounds(template, pair, max_length)
+                if fitted is None:
+                    stats.dropped_too_long += 1
+                    continue
+                stats.truncated += 1
+                chosen, rejected = fitted
+            out.append((pair, chosen, rejected))
+    return out
+
+
+def _cut_oldest_rounds(
+    template: ChatTemplate, pair: Preference, max_length: int
+) -> tuple[Encoded, Encoded] | None:
+    for start in round_starts(pair.prompt)[1:]:
+        chosen, rejected = _encode(template, [(pair, start)])
+        if max(len(chosen.input_ids), len(rejected.input_ids)) <= max_length:
+            return chosen, rejected
+    return None
+
+
+def to_pair_rows(
+    encoded: Sequence[tuple[Preference, Encoded, Encoded]],
+    *,
+    shuffle: bool,
+    seed: int,
+    stats: SFTDataStats | None = None,
+) -> PairRows:
+    """Trainable pairs; a sample's first token has nothing to be predicted from."""
+    if not encoded:
+        raise InputError("no preference pair fits; raise max_length or check the data")
+    columns: dict[str, list] = {c: [] for c in PairRows.COLUMNS}
+    for _, chosen, rejected in encoded:
+        for side, sample in (("chosen", chosen), ("rejected", rejected)):
+            columns[f"{side}_ids"].append(sample.input_ids)
+            columns[f"{side}_labels"].append([IGNORE_INDEX, *sample.labels[1:]])
+    if stats is not None:
+        samples = [s for _, c, r in encoded for s in (c, r)]
+        stats.samples += len(encoded)
+        stats.rows += len(samples)
+        stats.tokens += sum(len(s.input_ids) for s in samples)
+        stats.trained_tokens += sum(
+            sum(label != IGNORE_INDEX for label in s.labels[1:]) for s in samples
+        )
+        stats.row_capacity += sum(len(s.input_ids) for s in samples)
+    return PairRows(Dataset.from_dict(columns), shuffle=shuffle, seed=seed)

@@ -1,0 +1,257 @@
+"""Preference data: five public record layouts read into one `Preference` (a prompt, a
+chosen and a rejected answer).
+
+- `pairwise`: TRL's preference layout (`trl` docs, "Dataset formats"): `{prompt, chosen,
+  rejected}` as strings, or conversational (`prompt` a list of `{role, content}` messages,
+  `chosen`/`rejected` one assistant message each, as a one-element list or a bare object), or
+  with an implicit prompt (no `prompt`: `chosen` and `rejected` are whole conversations that
+  share every message but the last).
+- `alpaca`: LLaMA-Factory's alpaca preference layout (`data/README.md`): `{instruction,
+  input?, chosen, rejected, system?, history?}`.
+- `sharegpt`: LLaMA-Factory's sharegpt preference layout (its `dpo_en_demo.json`):
+  `{conversations: [{from, value}], chosen: {from, value}, rejected: {from, value}}`.
+- `colossal`: ColossalChat's (`applications/ColossalChat`, `tokenize_rlhf`) `{context: [{from,
+  content}], chosen, rejected}`, each answer one `{from: assistant, content}` message or a
+  one-element list of it.
+- `hh`: Anthropic hh-rlhf: `chosen` and `rejected` are whole transcripts
+  `"\\n\\nHuman: ...\\n\\nAssistant: ..."`; the prompt is everything before the last
+  `"\\n\\nAssistant:"`, and must be the same in both.
+
+A prompt starts and ends with a user turn and alternates; the answers are non-empty and
+differ. A record that breaks any of this is a `Reject` with file, line and reason, never fatal,
+as in `chuan.align.conversations`, whose message checks these readers share.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chuan.align.conversations import (
+    MESSAGES_ROLES,
+    SHAREGPT_TAGS,
+    TOOL_TAGS,
+    Conversation,
+    Layouts,
+    RecordRejected,
+    Reject,
+    describe_value,
+    message_list,
+    read_records,
+    to_conversation,
+)
+
+FORMATS = ("pairwise", "alpaca", "sharegpt", "colossal", "hh")
+
+_SIGNS = {
+    "pairwise": "'prompt', 'chosen' and 'rejected' (or 'chosen' and 'rejected' message lists)",
+    "alpaca": "'instruction', 'chosen' and 'rejected'",
+    "sharegpt": "a 'conversations' list with 'chosen' and 'rejected'",
+    "colossal": "a 'context' list with 'chosen' and 'rejected'",
+    "hh": "'chosen' and 'rejected' transcripts with '\\n\\nHuman:' / '\\n\\nAssistant:'",
+}
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A prompt (user/assistant turns that start and end with a user turn), the preferred
+    and the dispreferred answer to it, the system text ("" when none), and "path:line" of the
+    record it came from."""
+
+    prompt: tuple[tuple[str, str], ...]
+    chosen: str
+    rejected: str
+    system: str = ""
+    origin: str = ""
+
+    def conversation(self, answer: str) -> Conversation:
+        """The prompt answered with `answer`, as SFT data would hold it."""
+        return Conversation((*self.prompt, ("assistant", answer)), self.system, self.origin)
+
+
+def detect_format(record: dict) -> str | None:
+    """The layout a record looks like, from its keys alone, or None."""
+    if isinstance(record.get("conversations"), list):
+        return "sharegpt"
+    if "instruction" in record and "chosen" in record:
+        return "alpaca"
+    if isinstance(record.get("context"), list):
+        return "colossal"
+    chosen = record.get("chosen")
+    if "prompt" in record or (isinstance(chosen, list) and "rejected" in record):
+        return "pairwise"
+    if isinstance(chosen, str) and "\n\nAssistant:" in chosen:
+        return "hh"
+    return None
+
+
+def to_preference(record: dict, format: str) -> Preference:
+    """Read one record of the given layout; raises `RecordRejected` for one that is not a
+    valid preference pair."""
+    return _READERS[format](record)
+
+
+LAYOUTS = Layouts("preference data", FORMATS, detect_format, to_preference, _SIGNS)
+
+
+def read_preferences(
+    path: str | Path, format: str | None = None
+) -> tuple[list[Preference], list[Reject]]:
+    """Every pair of one preference file and a `Reject` for every bad record (the reading
+    rules of `chuan.align.conversations.read_records`)."""
+    return read_records(path, format, LAYOUTS)
+
+
+# -- checks shared by the layouts ------------------------------------------------------------
+
+
+def _pair(prompt: Conversation, chosen: str, rejected: str) -> Preference:
+    """`prompt` is a checked conversation whose last message is a placeholder answer."""
+    if chosen == rejected:
+        raise RecordRejected("chosen and rejected are the same answer")
+    return Preference(prompt.messages[:-1], chosen, rejected, prompt.system)
+
+
+def _answer(value: Any, field: str, keys: tuple[str, str], tags: dict[str, str]) -> str:
+    """The text of one answer: a string, or one assistant message (bare or in a list)."""
+    role_key, content_key = keys
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RecordRejected(
+                f"{field!r} must hold exactly one assistant message, got {len(value)}"
+            )
+        value = value[0]
+    if isinstance(value, dict):
+        tag = value.get(role_key)
+        if tags.get(tag) != "assistant":
+            raise RecordRejected(f"{field!r} must be an assistant message, got {role_key} {tag!r}")
+        value = value.get(content_key)
+    if not isinstance(value, str):
+        raise RecordRejected(f"{field!r} must be a non-empty answer, {describe_value(value)}")
+    if not value.strip():
+        raise RecordRejected(f"empty answer ({field!r})")
+    return value
+
+
+def _prompt(
+    record: dict,
+    field: str,
+    keys: tuple[str, str],
+    tags: dict[str, str],
+    tool_tags: tuple[str, ...] = (),
+) -> Conversation:
+    """A prompt message list checked as a conversation, with a placeholder answer after its
+    last (user) message so the conversation checks apply unchanged."""
+    role_key, content_key = keys
+    messages = record.get(field)
+    if not isinstance(messages, list) or not messages:
+        raise RecordRejected(f"field {field!r} must be a non-empty list of messages")
+    last = messages[-1]
+    tag = last.get(role_key) if isinstance(last, dict) else None
+    if tags.get(tag) != "user" and tag not in tool_tags:
+        raise RecordRejected(
+            f"the prompt must end with a user turn: {field}[{len(messages) - 1}] is {tag!r}"
+        )
+    answer_tag = next(t for t, role in tags.items() if role == "assistant")
+    placeholder = {role_key: answer_tag, content_key: "·"}
+    return message_list({**record, field: [*messages, placeholder]}, field, keys, tags, tool_tags)
+
+
+# -- the layouts -----------------------------------------------------------------------------
+
+
+def _sharegpt(record: dict) -> Preference:
+    keys = ("from", "value")
+    chosen = _answer(record.get("chosen"), "chosen", keys, SHAREGPT_TAGS)
+    rejected = _answer(record.get("rejected"), "rejected", keys, SHAREGPT_TAGS)
+    prompt = _prompt(record, "conversations", keys, SHAREGPT_TAGS, TOOL_TAGS["sharegpt"])
+    return _pair(prompt, chosen, rejected)
+
+
+def _colossal(record: dict) -> Preference:
+    keys = ("from", "content")
+    chosen = _answer(record.get("chosen"), "chosen", keys, SHAREGPT_TAGS)
+    rejected = _answer(record.get("rejected"), "rejected", keys, SHAREGPT_TAGS)
+    return _pair(_prompt(record, "context", keys, SHAREGPT_TAGS), chosen, rejected)
+
+
+def _alpaca(record: dict) -> Preference:
+    keys = ("role", "content")
+    chosen = _answer(record.get("chosen"), "chosen", keys, MESSAGES_ROLES)
+    rejected = _answer(record.get("rejected"), "rejected", keys, MESSAGES_ROLES)
+    fields = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
+    return _pair(to_conversation({**fields, "output": chosen}, "alpaca"), chosen, rejected)
+
+
+def _pairwise(record: dict) -> Preference:
+    keys = ("role", "content")
+    prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
+    if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise RecordRejected("empty prompt")
+        prompt = [{"role": "user", "content": prompt}]
+    answers = (
+        _answer(chosen, "chosen", keys, MESSAGES_ROLES),
+        _answer(rejected, "rejected", keys, MESSAGES_ROLES),
+    )
+    fields = {"system": record.get("system"), "prompt": prompt}
+    return _pair(_prompt(fields, "prompt", keys, MESSAGES_ROLES, TOOL_TAGS["messages"]), *answers)
+
+
+def _split_implicit_prompt(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """TRL's implicit prompt: the messages both conversations share, then one answer each."""
+    if len(chosen) != len(rejected) or chosen[:-1] != rejected[:-1]:
+        raise RecordRejected(
+            "with no 'prompt', 'chosen' and 'rejected' must be the same conversation up to "
+            "their last (assistant) message"
+        )
+    return chosen[:-1], chosen[-1:], rejected[-1:]
+
+
+def _hh(record: dict) -> Preference:
+    prompts, answers = [], []
+    for field in ("chosen", "rejected"):
+        transcript = record.get(field)
+        if not isinstance(transcript, str):
+            raise RecordRejected(f"field {field!r} must be a transcript string")
+        cut = transcript.rfind("\n\nAssistant:")
+        if cut < 0:
+            raise RecordRejected(f"{field!r} has no '\\n\\nAssistant:' turn")
+        prompts.append(transcript[:cut])
+        answers.append(_answer(_hh_text(transcript[cut + 12 :]), field, ("", ""), {}))
+    if prompts[0] != prompts[1]:
+        raise RecordRejected("'chosen' and 'rejected' continue different conversations")
+    return _pair(_prompt({"turns": _hh_turns(prompts[0])}, "turns", *_HH_KEYS), *answers)
+
+
+_HH_KEYS = (("role", "content"), MESSAGES_ROLES)
+
+
+def _hh_text(text: str) -> str:
+    """A turn's text: the space after the speaker's colon belongs to the transcript layout."""
+    return text.removeprefix(" ")
+
+
+def _hh_turns(transcript: str) -> list[dict]:
+    parts = _HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise RecordRejected("the transcript must start with '\\n\\nHuman:'")
+    return [
+        {"role": _HH_ROLES[speaker], "content": _hh_text(text)}
+        for speaker, text in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
+_READERS = {
+    "pairwise": _pairwise,
+    "alpaca": _alpaca,
+    "sharegpt": _sharegpt,
+    "colossal": _colossal,
+    "hh": _hh,
+}
