@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 from chuan.align.dpo_config import DPOConfig
+from chuan.align.rm_config import RMConfig
 from chuan.align.sft_config import SFTConfig
 from chuan.data.clean import CleanConfig
 from chuan.data.mix import MixConfig
@@ -24,6 +25,7 @@ ROOTS = [
     (PretrainConfig, "chuan pretrain --config FILE"),
     (SFTConfig, "chuan sft --config FILE"),
     (DPOConfig, "chuan dpo --config FILE"),
+    (RMConfig, "chuan rm train --config FILE"),
     (CleanConfig, "chuan data clean --config FILE"),
     (MixConfig, "chuan data mix --config FILE"),
     (SweepConfig, "chuan scaling sweep --config FILE"),

@@ -37,7 +37,7 @@ def register_with_transformers() -> None:
         return
     _registered = True
     import chuan.infer.chat  # noqa: F401  (model.chat)
-    import chuan.model  # noqa: F401  (AutoConfig, AutoModel, AutoModelForCausalLM)
+    import chuan.model  # noqa: F401  (AutoConfig, AutoModel, AutoModelFor{CausalLM,SequenceClassification})
     import chuan.tokenizer.hf  # noqa: F401  (AutoTokenizer)
 
 

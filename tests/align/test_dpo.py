@@ -22,20 +22,12 @@ from chuan.train.checkpoint import latest_checkpoint
 from chuan.train.distributed import close_world, init_world
 from helpers.cli_runs import chuan_process, finish, kill_after
 from helpers.pretrain_fixtures import write_config
-from helpers.sft_fixtures import TRANSLATIONS
+from helpers.sft_fixtures import translate_or_copy_pairs
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    """1,000 pairs: the reference translation chosen, the untranslated input rejected."""
-    path = tmp_path_factory.mktemp("pairs") / "translate_or_copy.jsonl"
-    with path.open("w", encoding="utf-8") as out:
-        for line in TRANSLATIONS.read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
-            pair = {"instruction": r["instruction"], "input": r["input"]}
-            pair |= {"chosen": r["output"], "rejected": r["input"]}
-            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    return path
+    return translate_or_copy_pairs(tmp_path_factory.mktemp("pairs") / "translate_or_copy.jsonl")
 
 
 def _config(out: Path, base: Path, data: Path, **fields) -> dict:

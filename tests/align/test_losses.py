@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from chuan.align.losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
+from chuan.align.losses import (
+    bradley_terry_loss,
+    dpo_loss,
+    orpo_loss,
+    sequence_logps,
+    simpo_loss,
+)
 
 
 def _t(*values: float) -> torch.Tensor:
@@ -105,3 +111,13 @@ def test_sequence_logps_sums_labelled_tokens_only():
                 expected += column[label] - math.log(sum(math.exp(x) for x in column))
         assert logps[row].item() == pytest.approx(expected, abs=1e-12)
     assert counts.tolist() == [3, 1]
+
+
+def test_bradley_terry_with_margin_and_centring():
+    chosen, rejected = _t(1.5, -0.2), _t(0.5, 0.3)
+    losses = bradley_terry_loss(chosen, rejected)
+    assert losses.tolist() == pytest.approx([-_log_sigmoid(1.0), -_log_sigmoid(-0.5)])
+    with_margin = bradley_terry_loss(chosen, rejected, margin=_t(2.0, 0.0), center=0.01)
+    assert with_margin.tolist() == pytest.approx(
+        [-_log_sigmoid(1.0 - 2.0) + 0.01 * 2.0**2, -_log_sigmoid(-0.5) + 0.01 * 0.1**2]
+    )

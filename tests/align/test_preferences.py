@@ -201,3 +201,19 @@ def test_files_that_hold_no_pairs(tmp_path, test_data):
     sft = _jsonl(tmp_path / "sft.jsonl", [{"conversations": [{"from": "human", "value": "q"}]}])
     pairs, rejects = read_preferences(sft)  # sharegpt without answers: every record a reject
     assert pairs == [] and "'chosen' must be a non-empty answer" in rejects[0].reason
+
+
+def test_margins_from_margin_or_scores(tmp_path):
+    records = [
+        {"prompt": "q", "chosen": "a", "rejected": "b", "margin": 2},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 8.5, "score_rejected": 6},
+        {"prompt": "q", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 8.5},
+    ]
+    pairs, rejects = read_preferences(_jsonl(tmp_path / "m.jsonl", records))
+    assert [p.margin for p in pairs] == [2.0, 2.5, None]
+    assert [(r.line, r.reason) for r in rejects] == [
+        (4, "field 'margin' must be a finite number, got str"),
+        (5, "field 'score_rejected' must be a finite number, got nothing (missing or null)"),
+    ]

@@ -3,6 +3,7 @@ given base, small enough to run in seconds; tests override fields by keyword."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 TRANSLATIONS = (
@@ -26,3 +27,18 @@ def sft_config(out: Path, base: Path, **fields) -> dict:
         "stages": [{"data": [{"path": str(TRANSLATIONS)}], "steps": 12}],
     }
     return config | fields
+
+
+def translate_or_copy_pairs(path: Path, *, margins: tuple[float, ...] = ()) -> Path:
+    """The translation set as 1,000 learnable preference pairs: the reference translation
+    chosen, the untranslated input rejected; with `margins`, record i carries
+    `margins[i % len(margins)]`."""
+    with path.open("w", encoding="utf-8") as out:
+        for i, line in enumerate(TRANSLATIONS.read_text(encoding="utf-8").splitlines()):
+            r = json.loads(line)
+            pair = {"instruction": r["instruction"], "input": r["input"]}
+            pair |= {"chosen": r["output"], "rejected": r["input"]}
+            if margins:
+                pair["margin"] = margins[i % len(margins)]
+            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    return path

@@ -161,11 +161,11 @@ def test_stage_length_from_tokens_rounds_up_to_whole_steps(tmp_path):
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # scaling-*.yaml are sweeps (a base recipe x a grid), checked in test_scaling.py; *-sft.yaml,
-# sft-*.yaml and dpo-*.yaml are post-training recipes, checked in tests/align/
+# sft-*.yaml, dpo-*.yaml and rm-*.yaml are post-training recipes, checked in tests/align/
 RECIPES = sorted(
     p
     for p in CONFIGS.glob("*.yaml")
-    if not p.stem.startswith("scaling-") and not {"sft", "dpo"} & set(p.stem.split("-"))
+    if not p.stem.startswith("scaling-") and not {"sft", "dpo", "rm"} & set(p.stem.split("-"))
 )
 
 

@@ -22,6 +22,7 @@ from chuan.fileio import write_atomic
 from chuan.infer.loading import load_model, quiet_peft
 from chuan.model.checkpoint import copy_side_files, read_config_dict, write_model_dir
 from chuan.model.convert import load_as_baichuan
+from chuan.model.modeling import BaichuanForSequenceClassification
 from chuan.tokenizer.chat_templates import get_template, record_template
 from chuan.tokenizer.hf import load_tokenizer
 
@@ -106,7 +107,11 @@ def _with_lora(model: nn.Module, cfg: SFTConfig) -> nn.Module:
         target_modules=targets,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
-        task_type="CAUSAL_LM",
+        # a reward model's new `score` head trains whole (peft's SEQ_CLS saves it beside
+        # the adapter)
+        task_type="SEQ_CLS"
+        if isinstance(model, BaichuanForSequenceClassification)
+        else "CAUSAL_LM",
     )
     with quiet_peft():
         return get_peft_model(model, config)

@@ -12,13 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from chuan.align.sft_config import (
-    DataSource,
-    SFTConfig,
-    SFTEvalConfig,
-    SFTOptimConfig,
-    SFTStageConfig,
-)
+from chuan.align.pair_config import PairConfig
+from chuan.align.sft_config import SFTOptimConfig
 from chuan.config import ConfigError, bounded, load_config
 
 # Losses that compare against a frozen reference model, and those that need none.
@@ -27,35 +22,12 @@ REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 
 @dataclass
-class PreferenceSource(DataSource):
-    """One preference file, its layout (detected when omitted) and its mixing weight (as in
-    `chuan sft`: the first source whole, the others `weight / first weight` per pair)."""
-
-    format: Literal["pairwise", "alpaca", "hh", "sharegpt", "colossal"] | None = None
-
-
-@dataclass
-class PreferenceStageConfig(SFTStageConfig):
-    """One stage: its pairs and its length (`steps`, else `epochs` passes over the pairs)."""
-
-    data: list[PreferenceSource]
-
-
-@dataclass
-class PreferenceEvalConfig(SFTEvalConfig):
-    """Held-out pairs: `holdout` taken (seeded) out of the first stage's first source, or
-    files of their own (`data`); at most `max_rows` pairs are scored."""
-
-    data: list[PreferenceSource] | None = None
-
-
-@dataclass
 class DPOOptimConfig(SFTOptimConfig):
     lr: float = bounded(1e-6, gt=0)
 
 
 @dataclass(kw_only=True)
-class DPOConfig(SFTConfig):
+class DPOConfig(PairConfig):
     """Everything one `chuan dpo` run needs; written back as `OUT/config.yaml`.
 
     `loss`: `sigmoid` (DPO; with `label_smoothing` > 0 the conservative cDPO), `ipo`, `hinge`
@@ -68,7 +40,6 @@ class DPOConfig(SFTConfig):
     NLL (RPO, Pang et al. 2024, arXiv:2404.19733).
     """
 
-    stages: list[PreferenceStageConfig]
     loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
     beta: float | None = bounded(None, gt=0)
     label_smoothing: float = bounded(0.0, ge=0, lt=0.5)
@@ -76,21 +47,10 @@ class DPOConfig(SFTConfig):
     reference: str | None = None
     precompute_reference: bool = False
     sft_weight: float = bounded(0.0, ge=0)
-    packing: bool = False
     optim: DPOOptimConfig = field(default_factory=DPOOptimConfig)
-    eval: PreferenceEvalConfig = field(default_factory=PreferenceEvalConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.packing:
-            raise ConfigError(
-                "packing: true is not supported for preference pairs (each pair is two padded "
-                "rows in one forward); remove it"
-            )
-        if self.mask_history:
-            raise ConfigError(
-                "mask_history: preference losses score only the last answer already; remove it"
-            )
         if self.loss in REFERENCE_FREE_LOSSES and (self.reference or self.precompute_reference):
             raise ConfigError(
                 f"loss: {self.loss} uses no reference model; remove `reference` / "

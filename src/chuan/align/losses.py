@@ -13,6 +13,10 @@ settings optimise the same objective:
   `−log σ(β·(avg_c − avg_r) − γ)`.
 - ORPO (Hong et al. 2024): `−λ·log σ(log odds(y_c) − log odds(y_r))` with
   `odds(y) = p/(1−p)`, `p = exp(avg log-prob)`; the caller adds the chosen answers' NLL.
+- Bradley–Terry reward-model loss (InstructGPT, Ouyang et al. 2022, eq. 1):
+  `−log σ(r_c − r_r − m)` with an optional margin m (Llama 2, Touvron et al. 2023, eq. 2) and
+  TRL's reward centring `λ·(r_c + r_r)²` (Eisenstein et al. 2023), which keeps the scores
+  near zero.
 """
 
 from __future__ import annotations
@@ -89,3 +93,18 @@ def orpo_loss(
     c, r = torch.minimum(average_chosen, top), torch.minimum(average_rejected, top)
     log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
     return -lam * F.logsigmoid(log_odds), log_odds.detach()
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    *,
+    margin: torch.Tensor | None = None,
+    center: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair reward-model losses from the scalar rewards of both answers."""
+    difference = chosen - rejected if margin is None else chosen - rejected - margin
+    losses = -F.logsigmoid(difference)
+    if center:
+        losses = losses + center * (chosen + rejected) ** 2
+    return losses

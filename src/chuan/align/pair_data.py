@@ -10,6 +10,7 @@ whose last round alone does not fit is dropped; both are counted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,11 +32,13 @@ REFERENCE_COLUMNS = ("ref_chosen", "ref_rejected")
 @dataclass
 class PairBatch:
     """B pairs as one micro-batch of 2B rows (the B chosen, then the B rejected), with the
-    reference log-probs `[2B]` (same order) when they were precomputed."""
+    reference log-probs `[2B]` (same order) when they were precomputed, and the pairs' data
+    margins `[B]` (NaN where a record gave none)."""
 
     batch: Batch
     reference: torch.Tensor | None
     pairs: list[int]  # the row index of each pair, to score the reference one pair at a time
+    margin: torch.Tensor
 
     @property
     def num_pairs(self) -> int:
@@ -51,21 +54,19 @@ class PairBatch:
 
     def to(self, device: torch.device) -> PairBatch:
         reference = None if self.reference is None else self.reference.to(device)
-        return PairBatch(self.batch.to(device), reference, self.pairs)
+        return PairBatch(self.batch.to(device), reference, self.pairs, self.margin.to(device))
 
 
 class PairRows(PackedRows):
     """The pairs one stage trains on, addressed by a global sample index like packed rows
     (same seeded per-epoch order, so resume is exact)."""
 
-    COLUMNS = ["chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels"]
+    COLUMNS = ["chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "margin"]
 
     def __init__(self, data: Dataset, *, shuffle: bool = True, seed: int = 0):
         if len(data) == 0:
             raise InputError("no pairs to train on")
-        columns = self.COLUMNS + [
-            c for c in ("ref_chosen", "ref_rejected") if c in data.column_names
-        ]
+        columns = self.COLUMNS + [c for c in REFERENCE_COLUMNS if c in data.column_names]
         self.data = data.with_format("numpy", columns=columns)
         self.has_reference = "ref_chosen" in data.column_names
         self.row_length = max(
@@ -92,15 +93,14 @@ class PairRows(PackedRows):
             reference = torch.from_numpy(
                 np.concatenate([data["ref_chosen"], data["ref_rejected"]]).astype(np.float64)
             )
-        return PairBatch(Batch.of(ids, segments, labels), reference, list(rows))
+        margin = torch.from_numpy(data["margin"].astype(np.float64))
+        return PairBatch(Batch.of(ids, segments, labels), reference, list(rows), margin)
 
     def with_reference(self, scores: np.ndarray) -> PairRows:
         """These pairs with reference log-probs `scores[row] = (chosen, rejected)` kept
         beside them."""
         data = self.data.with_format(None)
-        data = data.remove_columns(
-            [c for c in ("ref_chosen", "ref_rejected") if c in data.column_names]
-        )
+        data = data.remove_columns([c for c in REFERENCE_COLUMNS if c in data.column_names])
         data = data.add_column("ref_chosen", scores[:, 0].tolist())
         data = data.add_column("ref_rejected", scores[:, 1].tolist())
         return PairRows(data, shuffle=self.shuffle, seed=self.seed)
@@ -161,7 +161,8 @@ def to_pair_rows(
     if not encoded:
         raise InputError("no preference pair fits; raise max_length or check the data")
     columns: dict[str, list] = {c: [] for c in PairRows.COLUMNS}
-    for _, chosen, rejected in encoded:
+    for pair, chosen, rejected in encoded:
+        columns["margin"].append(math.nan if pair.margin is None else pair.margin)
         for side, sample in (("chosen", chosen), ("rejected", rejected)):
             columns[f"{side}_ids"].append(sample.input_ids)
             columns[f"{side}_labels"].append([IGNORE_INDEX, *sample.labels[1:]])

@@ -17,15 +17,19 @@ chosen and a rejected answer).
   `"\\n\\nHuman: ...\\n\\nAssistant: ..."`; the prompt is everything before the last
   `"\\n\\nAssistant:"`, and must be the same in both.
 
-A prompt starts and ends with a user turn and alternates; the answers are non-empty and
-differ. A record that breaks any of this is a `Reject` with file, line and reason, never fatal,
-as in `chuan.align.conversations`, whose message checks these readers share.
+Any layout may carry how much better the chosen answer is: `margin` (a number), or
+`score_chosen` and `score_rejected` (UltraFeedback's fields; the margin is their difference).
+Reward models can train on it and report accuracy by it. A prompt starts and ends with a user
+turn and alternates; the answers are non-empty and differ. A record that breaks any of this is
+a `Reject` with file, line and reason, never fatal, as in `chuan.align.conversations`, whose
+message checks these readers share.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +63,14 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 @dataclass(frozen=True)
 class Preference:
     """A prompt (user/assistant turns that start and end with a user turn), the preferred
-    and the dispreferred answer to it, the system text ("" when none), and "path:line" of the
-    record it came from."""
+    and the dispreferred answer to it, the system text ("" when none), how much better the
+    chosen answer is (None when the record does not say), and "path:line" of the record."""
 
     prompt: tuple[tuple[str, str], ...]
     chosen: str
     rejected: str
     system: str = ""
+    margin: float | None = None
     origin: str = ""
 
     def conversation(self, answer: str) -> Conversation:
@@ -92,7 +97,22 @@ def detect_format(record: dict) -> str | None:
 def to_preference(record: dict, format: str) -> Preference:
     """Read one record of the given layout; raises `RecordRejected` for one that is not a
     valid preference pair."""
-    return _READERS[format](record)
+    return replace(_READERS[format](record), margin=_margin(record))
+
+
+def _margin(record: dict) -> float | None:
+    if "margin" in record:
+        return _number(record, "margin")
+    if "score_chosen" in record or "score_rejected" in record:
+        return _number(record, "score_chosen") - _number(record, "score_rejected")
+    return None
+
+
+def _number(record: dict, field: str) -> float:
+    value = record.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecordRejected(f"field {field!r} must be a finite number, {describe_value(value)}")
+    return float(value)
 
 
 LAYOUTS = Layouts("preference data", FORMATS, detect_format, to_preference, _SIGNS)

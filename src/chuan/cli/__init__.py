@@ -19,6 +19,7 @@ VERB_MODULES = (
     "pretrain",
     "sft",
     "dpo",
+    "rm",
     "tokenizer",
     "eval",
     "generate",

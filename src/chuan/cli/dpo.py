@@ -8,8 +8,9 @@ from chuan.cli.options import add_recipe_arguments, int_at_least, print_run_resu
 
 
 def _dpo(args: argparse.Namespace) -> None:
-    from chuan.align.dpo import dpo, inspect_pairs
+    from chuan.align.dpo import dpo
     from chuan.align.dpo_config import load_dpo_config
+    from chuan.align.pair_trainer import inspect_pairs
 
     cfg = load_dpo_config(args.config, args.overrides)
     if args.inspect:

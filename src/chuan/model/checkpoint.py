@@ -197,6 +197,10 @@ def expected_shapes(raw: dict, path: Path) -> tuple[dict[str, tuple[int, ...]], 
         "model.norm.weight": (hidden,),
         "lm_head.weight": (vocab, hidden),
     }
+    if not llama and "BaichuanForSequenceClassification" in (raw.get("architectures") or []):
+        del shapes["lm_head.weight"]  # a reward model: a score head instead of the LM head
+        shapes["score.weight"] = (config.num_labels, hidden)
+        tied = False
     for i in range(fields["num_hidden_layers"]):
         layer = f"model.layers.{i}."
         attn = {"o_proj": (hidden, heads * head_dim)}

@@ -24,7 +24,7 @@ from transformers import LlamaConfig
 from chuan.errors import InputError
 from chuan.model.checkpoint import read_config, read_config_dict, read_state_dict, write_model_dir
 from chuan.model.config import BaichuanConfig
-from chuan.model.modeling import BaichuanForCausalLM
+from chuan.model.modeling import BaichuanForCausalLM, BaichuanForSequenceClassification
 
 FORMATS = ("baichuan", "llama")
 # `quantization_config.quant_method` of a `chuan quantize` dir (`chuan.infer.quantize`).
@@ -64,7 +64,7 @@ def convert(src: str | Path, out: str | Path, to: str, *, overwrite: bool = Fals
 
 
 def load_checked(
-    model: BaichuanForCausalLM,
+    model: BaichuanForCausalLM | BaichuanForSequenceClassification,
     state: dict[str, torch.Tensor],
     *,
     where: str | Path = "",
@@ -108,6 +108,30 @@ def load_as_baichuan(
             f"overridden ({str(err).splitlines()[-1].strip()}); only override fields that "
             "keep the shapes"
         ) from None
+    return model.to(dtype)
+
+
+def load_reward_model(
+    src: str | Path, *, dtype: torch.dtype = torch.float32, require_head: bool = False
+):
+    """A `BaichuanForSequenceClassification` with one output: `src` itself when it is one
+    (its weights hold `score.weight`), else (unless `require_head`) the decoder of any dir
+    `read_as_baichuan` reads with a new `score` head, N(0, initializer_range) from the
+    current torch seed."""
+    config, state = read_as_baichuan(src)
+    if require_head and "score.weight" not in state:
+        raise InputError(
+            f"{src} is not a reward model (no score head); train one with `chuan rm train`"
+        )
+    state.pop("lm_head.weight", None)
+    if "score.weight" not in state:
+        config.num_labels = 1
+    config.architectures = [BaichuanForSequenceClassification.__name__]
+    model = BaichuanForSequenceClassification(config)
+    state.setdefault("score.weight", model.score.weight.detach())
+    if model.num_labels != 1:
+        raise InputError(f"{src}: a reward model has one output; this one has {model.num_labels}")
+    load_checked(model, state, where=src)
     return model.to(dtype)
 
 

@@ -19,7 +19,11 @@ from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
 
 from chuan.errors import InputError
 from chuan.model.config import BaichuanConfig
@@ -361,3 +365,52 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:]
         logits = F.linear(hidden, self.head_weight()).float()
         return BaichuanCausalLMOutput(logits=logits, **{CACHE_FIELD: cache})
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """`[B]` index of each row's last real token (mask != 0), under left or right padding."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * (attention_mask != 0)).argmax(-1)
+
+
+class BaichuanForSequenceClassification(BaichuanPreTrainedModel):
+    """The decoder with a linear `score` head (`num_labels` outputs, 1 for a reward model)
+    read at each row's last real token, as transformers' `LlamaForSequenceClassification`
+    (which finds it through `pad_token_id`; Baichuan's pad may equal a real end token, so
+    this class reads the attention mask, and the last position when there is none)."""
+
+    def __init__(self, config: BaichuanConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = BaichuanModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        """`logits` is fp32 `[batch, num_labels]`; `attention_mask` as for the decoder."""
+        hidden = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+        ).last_hidden_state
+        if attention_mask is None:
+            last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+        else:
+            last = last_token_index(attention_mask)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return SequenceClassifierOutputWithPast(logits=self.score(pooled).float())
