@@ -386,11 +386,68 @@ def packing_cross_talk(trainer, model) -> dict:
     }
 
 
+def step_clock(memory: TrainingMemory, micro: list, steps: int):
+    """A transformers `TrainerCallback`: wall time at the start of training and at the end of
+    every optimizer step, how many micro-batches were trained by then, the logged losses; it
+    closes the memory window at step `steps`."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.stamps, self.micro_done, self.losses = [], [], []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            memory.begin()
+            self.stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+            self.micro_done.append(len(micro))
+            if state.global_step == steps:
+                memory.end()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    return StepClock()
+
+
+def trl_training_args(task: dict, steps: int, output_dir: str) -> dict:
+    """The TRL trainer settings both TRL benchmarks share, matched to chuan's run."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": task["micro_batch"],
+        "gradient_accumulation_steps": task["grad_accum"],
+        "max_steps": steps,
+        "learning_rate": task["lr"],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": WEIGHT_DECAY,
+        "adam_beta1": BETAS[0],
+        "adam_beta2": BETAS[1],
+        "adam_epsilon": EPS,
+        "max_grad_norm": GRAD_CLIP,
+        "max_length": task["max_length"],
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "train_sampling_strategy": "sequential",
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "seed": SEED,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def trl_worker(task: dict) -> dict:
     """TRL's `SFTTrainer` on the chuan model object (LoRA through `peft_config`)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     import chuan  # noqa: F401  (registers chuan's classes with the Auto classes)
@@ -429,53 +486,12 @@ def trl_worker(task: dict) -> dict:
                 micro.append((int(inputs["input_ids"].numel()), real))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.stamps, self.steps_micro, self.losses = [], [], []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            memory.begin()
-            self.stamps.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.stamps.append(time.perf_counter())
-            self.steps_micro.append(len(micro))
-            if state.global_step == steps:
-                memory.end()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(logs["loss"])
-
-    clock = Clock()
+    clock = step_clock(memory, micro, steps)
     with tempfile.TemporaryDirectory(dir=root) as output_dir:
         args = SFTConfig(
-            output_dir=output_dir,
-            per_device_train_batch_size=task["micro_batch"],
-            gradient_accumulation_steps=task["grad_accum"],
-            max_steps=steps,
-            learning_rate=task["lr"],
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=WEIGHT_DECAY,
-            adam_beta1=BETAS[0],
-            adam_beta2=BETAS[1],
-            adam_epsilon=EPS,
-            max_grad_norm=GRAD_CLIP,
-            max_length=task["max_length"],
+            **trl_training_args(task, steps, output_dir),
             packing=task["packing"],
             assistant_only_loss=True,
-            gradient_checkpointing=False,
-            bf16=False,
-            train_sampling_strategy="sequential",
-            save_strategy="no",
-            eval_strategy="no",
-            logging_steps=1,
-            report_to=[],
-            use_cpu=True,
-            seed=SEED,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
         )
         trainer = CountingSFTTrainer(
             model=model,
@@ -496,8 +512,8 @@ def trl_worker(task: dict) -> dict:
         others = others_cpu_share(before, clock.stamps[-1] - clock.stamps[0])
     memory.end()
     warm = task["warmup"]
-    start_micro = clock.steps_micro[warm - 1] if warm else 0
-    timed = micro[start_micro : clock.steps_micro[-1]]
+    start_micro = clock.micro_done[warm - 1] if warm else 0
+    timed = micro[start_micro : clock.micro_done[-1]]
     seconds = clock.stamps[-1] - clock.stamps[warm]
     tokens = sum(t for _, t in timed)
     return {
