@@ -75,6 +75,11 @@ def test_dpo_raises_held_out_preference_accuracy_and_margin(tmp_path, base_dir, 
     assert {"reward_margin", "reward_accuracy", "logp_chosen", "logp_rejected"} <= set(trained[0])
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
     assert (result.model_dir / "model.safetensors").is_file()
+    # Resuming the finished run redoes only its end and keeps the report's numbers.
+    again = dpo(from_dict(DPOConfig, config), resume="auto")
+    assert again.final_loss == result.final_loss
+    redone = json.loads((result.run_dir / "report.json").read_text())
+    assert redone["held_out_first"] == first and redone["final_loss"] == report["final_loss"]
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
@@ -93,6 +98,7 @@ def test_precomputed_reference_equals_on_the_fly_bit_for_bit(tmp_path, base_dir,
         close_world(trainer.world)
 
 
+@pytest.mark.interop
 def test_adapter_off_reference_is_the_base_model(tmp_path, base_dir, pairs):
     trainer = _trainer(_config(tmp_path / "run", base_dir, pairs))
     try:

@@ -13,10 +13,13 @@ from chuan.align.rm import RewardTrainer, rm, score_file
 from chuan.align.rm_config import RMConfig, load_rm_config
 from chuan.config import ConfigError, from_dict
 from chuan.errors import InputError
+from chuan.infer.loading import load_model
 from chuan.model.convert import baichuan_to_llama, load_reward_model
 from chuan.model.modeling import BaichuanForSequenceClassification
 from chuan.model.presets import preset_config
 from chuan.train.distributed import close_world, init_world
+from helpers.cli_runs import chuan_process, finish
+from helpers.pretrain_fixtures import write_config
 from helpers.sft_fixtures import TRANSLATIONS, translate_or_copy_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +50,7 @@ def _config(out: Path, base: Path, data: Path, **fields) -> dict:
     return config | fields
 
 
+@pytest.mark.interop
 def test_score_is_read_at_the_last_real_token_as_transformers_llama_does():
     """The same weights in `LlamaForSequenceClassification` (right padding, found through a
     pad id) give the same scores; left padding gives them too."""
@@ -123,6 +127,7 @@ def test_reward_model_learns_the_preference_and_reports_accuracy_by_margin(
     assert json.loads(rejects[0])["line"] == 87
 
 
+@pytest.mark.interop
 def test_lora_reward_model_is_merged_with_its_head(tmp_path, base_dir, pairs):
     config = _config(
         tmp_path / "run",
@@ -165,6 +170,8 @@ def test_scoring_chat_data_and_refusing_a_plain_model(tmp_path, base_dir):
     assert set(json.loads(out.open().readline())) == {"origin", "score"}
     with pytest.raises(InputError, match="--overwrite"):
         score_file(reward_dir, TRANSLATIONS, out)
+    with pytest.raises(InputError, match="is a reward model"):
+        load_model(reward_dir)
 
 
 def test_config_checks_and_the_tiny_recipe(tmp_path, base_dir, pairs):
@@ -175,3 +182,21 @@ def test_config_checks_and_the_tiny_recipe(tmp_path, base_dir, pairs):
     cfg = load_rm_config(ROOT / "configs" / "rm-tiny-cpu.yaml")
     assert cfg.model == "runs/tiny/sft/model" and cfg.center_rewards == 0.01
     assert all((ROOT / s.path).is_file() for stage in cfg.stages for s in stage.data)
+
+
+def test_two_ranks_give_the_single_process_loss(tmp_path, base_dir, pairs):
+    """8 pairs in one process and two torchrun ranks (gloo) x 4: the same global batch, so the
+    same loss at every step and the same held-out numbers."""
+    steps = {"stages": [{"data": [{"path": str(pairs)}], "steps": 3}], "eval": {"holdout": 16}}
+    single = rm(from_dict(RMConfig, _config(tmp_path / "single", base_dir, pairs, **steps)))
+    config = _config(tmp_path / "ranks", base_dir, pairs, micro_batch_size=4, **steps)
+    finish(chuan_process("rm train", write_config(tmp_path / "ranks.yaml", config), nproc=2))
+    reports = [
+        json.loads((run / "report.json").read_text())
+        for run in (single.run_dir, tmp_path / "ranks")
+    ]
+    assert reports[1]["world_size"] == 2
+    assert reports[0]["final_loss"] == pytest.approx(reports[1]["final_loss"], abs=1e-5)
+    assert reports[0]["held_out_last"]["eval_reward_accuracy"] == pytest.approx(
+        reports[1]["held_out_last"]["eval_reward_accuracy"]
+    )

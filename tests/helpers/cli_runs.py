@@ -14,12 +14,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def chuan_process(verb: str, config: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
-    """`chuan VERB --config CONFIG ...`, under torchrun (gloo) when `nproc` > 1."""
+    """`chuan VERB --config CONFIG ...` (VERB may be two words: "rm train"), under torchrun
+    (gloo) when `nproc` > 1."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.Popen(
-        [*launcher, "-m", "chuan.cli", verb, "--config", str(config), *extra],
+        [*launcher, "-m", "chuan.cli", *verb.split(), "--config", str(config), *extra],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ from chuan.train.loop import StagePlan, eval_mode, global_batch, stage_plan
 
 
 class PairTrainer(SFTTrainer):
+    records = samples = "pairs"
     # What a step logs beside the loss, each a mean over the pairs of the global batch.
     pair_stats: tuple[str, ...] = (
         "reward_chosen",

@@ -102,6 +102,7 @@ def reply_to(
 class SFTTrainer(Trainer):
     verb = "sft"
     title = "Fine-tuning run"
+    records, samples = "conversations", "samples"  # what the report counts
 
     def __init__(self, cfg: SFTConfig, world):
         if cfg.finetune == "qlora":
@@ -227,12 +228,12 @@ class SFTTrainer(Trainer):
             f"## Data (template {self.template.name}, max_length {self.cfg.max_length}, "
             f"packing {'on' if self.cfg.packing else 'off'})",
             "",
-            f"- read: {sum(stats['read'].values()):,} conversations; rejected: "
+            f"- read: {sum(stats['read'].values()):,} {self.records}; rejected: "
             f"{stats['rejected']:,} (see rejects.jsonl)",
             f"- mixed: {', '.join(f'{k}: {v:,}' for k, v in stats['mixed'].items())}",
             f"- truncated (oldest rounds cut): {stats['truncated']:,}; dropped (last round "
             f"longer than max_length): {stats['dropped_too_long']:,}",
-            f"- {stats['samples']:,} samples in {stats['rows']:,} rows, fill "
+            f"- {stats['samples']:,} {self.samples} in {stats['rows']:,} rows, fill "
             f"{stats['fill']:.1%}; loss on {stats['trained_tokens']:,} of {stats['tokens']:,} "
             f"tokens ({stats['trained_fraction']:.1%}: answers and their end tokens)",
         ]

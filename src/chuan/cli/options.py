@@ -70,10 +70,12 @@ def print_run_result(result) -> None:
         sys.exit(128 + (result.signal or signal.SIGTERM))
     if quiet:
         return
+    # A resumed run that had already finished trains no step: no training loss to show.
+    loss = "" if result.final_loss is None else f": loss {result.final_loss:.4f}"
     held = "" if result.eval_loss is None else f", held-out loss {result.eval_loss:.4f}"
     print(
-        f"trained {result.steps:,} steps on {result.tokens:,} tokens: loss {result.final_loss:.4f}"
-        f"{held}; model in {result.model_dir}, report in {result.run_dir}/report.md"
+        f"trained {result.steps:,} steps on {result.tokens:,} tokens{loss}{held}; model in "
+        f"{result.model_dir}, report in {result.run_dir}/report.md"
     )
 
 

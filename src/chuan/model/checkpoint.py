@@ -278,6 +278,9 @@ def write_model_dir(
     A tied head is left out of the weights (the embedding is the one copy)."""
     if getattr(config, "tie_word_embeddings", False):
         state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
+    # A tensor gathered from FSDP shards can be a view into a padded buffer (a 1-row reward
+    # head over 2 ranks); safetensors refuses to write views, so those are copied.
+    state_dict = {k: v if _owns_storage(v) else v.clone() for k, v in state_dict.items()}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         config.save_pretrained(tmp)
         save_torch_state_dict(state_dict, tmp, max_shard_size=max_shard_size)
@@ -285,6 +288,10 @@ def write_model_dir(
         if "generation_config.json" not in copied:
             GenerationConfig.from_model_config(config).save_pretrained(tmp)
     return Path(out_dir)
+
+
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    return tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
 def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:

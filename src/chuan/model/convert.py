@@ -95,6 +95,11 @@ def load_as_baichuan(
     This is how continued pretraining starts from LLaMA-2 without an intermediate dir.
     """
     config, state = read_as_baichuan(src)
+    if "score.weight" in state:
+        raise InputError(
+            f"{src} is a reward model (a score head, no LM head): it scores text "
+            "(`chuan rm score`) and does not generate"
+        )
     for key, value in config_overrides.items():
         if not hasattr(config, key):
             raise InputError(f"unknown model config field {key!r}")

@@ -619,6 +619,11 @@ class Trainer:
         records = read_metrics(self.run_dir / "metrics.jsonl")
         plot = plot_losses(records, self.run_dir / "loss.png")
         trained = [r for r in records if "tokens_per_s" in r]
+        if self.first_held_out is None:  # resumed: the step-0 numbers are in the metrics
+            first = next((r for r in records if r.get("step") == 0 and "eval_loss" in r), None)
+            self.first_held_out = first and {k: v for k, v in first.items() if k != "step"}
+        if "loss" not in self.last and trained:  # resumed after the last step
+            self.last = trained[-1]
         report = {
             "status": "interrupted" if interrupted else "finished",
             "steps": self.state.step,
