@@ -66,6 +66,11 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def write_jsonl(path: str | Path, records) -> Path:
+    """Records as JSON Lines (UTF-8, not ASCII-escaped), written as `write_atomic` does."""
+    return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 

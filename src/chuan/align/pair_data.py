@@ -23,7 +23,7 @@ from chuan.align.sft_data import SFTDataStats, round_starts
 from chuan.errors import InputError
 from chuan.model.loss import IGNORE_INDEX
 from chuan.tokenizer.chat_templates import ChatTemplate, Encoded
-from chuan.train.data import Batch, PackedRows, stack_rows
+from chuan.train.data import Batch, PackedRows, padded_batch
 
 _ENCODE_BATCH = 256  # pairs per tokenizer call
 REFERENCE_COLUMNS = ("ref_chosen", "ref_rejected")
@@ -82,19 +82,17 @@ class PairRows(PackedRows):
     def rows_batch(self, rows: list[int]) -> PairBatch:
         """The pairs at row indices `rows` (not sample indices) as one micro-batch."""
         data = self.data[rows]
-        ids = stack_rows(list(data["chosen_ids"]) + list(data["rejected_ids"]), 0)
-        labels = stack_rows(
-            list(data["chosen_labels"]) + list(data["rejected_labels"]), IGNORE_INDEX
+        batch = padded_batch(
+            list(data["chosen_ids"]) + list(data["rejected_ids"]),
+            list(data["chosen_labels"]) + list(data["rejected_labels"]),
         )
-        lengths = [len(r) for r in list(data["chosen_ids"]) + list(data["rejected_ids"])]
-        segments = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
         reference = None
         if self.has_reference:
             reference = torch.from_numpy(
                 np.concatenate([data["ref_chosen"], data["ref_rejected"]]).astype(np.float64)
             )
         margin = torch.from_numpy(data["margin"].astype(np.float64))
-        return PairBatch(Batch.of(ids, segments, labels), reference, list(rows), margin)
+        return PairBatch(batch, reference, list(rows), margin)
 
     def with_reference(self, scores: np.ndarray) -> PairRows:
         """These pairs with reference log-probs `scores[row] = (chosen, rejected)` kept

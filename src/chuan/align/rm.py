@@ -15,7 +15,6 @@ chuan is imported; under LoRA the adapter (with the whole score head) is merged 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +32,13 @@ from chuan.align.rm_config import RMConfig
 from chuan.align.sft import run_fine_tune
 from chuan.align.sft_data import SFTDataStats, encode_fitting
 from chuan.errors import InputError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_jsonl
 from chuan.model.checkpoint import write_model_dir
 from chuan.model.convert import load_reward_model
 from chuan.tokenizer.chat_templates import template_for
 from chuan.tokenizer.hf import load_tokenizer
 from chuan.train.checkpoint import full_model_state
-from chuan.train.data import Batch, stack_rows
+from chuan.train.data import Batch, padded_batch
 from chuan.train.loop import PretrainResult, eval_mode
 
 MAX_GAPS = 20  # accuracy is reported per margin value when there are at most this many
@@ -227,9 +226,9 @@ def score_file(
             | ({} if p.margin is None else {"margin": p.margin})
             for (p, _, _), s in zip(encoded, scores, strict=True)
         ]
-    _write_jsonl(out, records)
+    write_jsonl(out, records)
     rejected = out.with_name(out.name.removesuffix(".jsonl") + ".rejects.jsonl")
-    _write_jsonl(rejected, [r.as_dict() for r in rejects])
+    write_jsonl(rejected, [r.as_dict() for r in rejects])
     summary = {
         "kind": kind,
         "scored": len(records),
@@ -246,19 +245,13 @@ def score_file(
     return summary
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
 @torch.no_grad()
 def _score_conversations(model: nn.Module, encoded: list, batch_size: int) -> list[dict]:
     records = []
     for start in tqdm(range(0, len(encoded), batch_size), desc="scoring", unit="batch"):
         chunk = encoded[start : start + batch_size]
-        ids = stack_rows([sample.input_ids for _, sample in chunk], 0)
-        lengths = torch.tensor([len(sample.input_ids) for _, sample in chunk])
-        mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        scores = reward_scores(model, Batch.of(ids, mask, ids), None)
+        batch = padded_batch([s.input_ids for _, s in chunk], [s.labels for _, s in chunk])
+        scores = reward_scores(model, batch, None)
         records += [
             {"origin": c.origin, "score": float(s)} for (c, _), s in zip(chunk, scores, strict=True)
         ]

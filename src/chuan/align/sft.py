@@ -15,7 +15,6 @@ with segment ids (`sft_data`), and the model is the base with what `finetune` tr
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from chuan.align.sft_data import (
     to_rows,
 )
 from chuan.errors import InputError
-from chuan.fileio import write_atomic
+from chuan.fileio import write_jsonl
 from chuan.infer.generate import generate
 from chuan.infer.loading import load_model
 from chuan.infer.sampling import SamplingConfig
@@ -171,9 +170,7 @@ class SFTTrainer(Trainer):
         """Every rejected record with its file, line and reason, in `OUT/rejects.jsonl`."""
         if not self.world.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps(r.as_dict(), ensure_ascii=False) for r in self.stats.rejects]
-        write_atomic(self.run_dir / "rejects.jsonl", "".join(f"{line}\n" for line in lines))
+        write_jsonl(self.run_dir / "rejects.jsonl", [r.as_dict() for r in self.stats.rejects])
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg

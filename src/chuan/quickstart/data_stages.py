@@ -10,6 +10,7 @@ import json
 import random
 from pathlib import Path
 
+from chuan.fileio import write_jsonl
 from chuan.quickstart.runner import Context
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -18,12 +19,6 @@ HELDOUT_EVERY = 20  # every 20th document of each sample file is held out for ev
 PLANTED_PER_KIND = 30
 VOCAB_SIZE = 8000
 MAX_LENGTH = 256
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def _near_copy(text: str, rng: random.Random) -> str:
@@ -48,7 +43,7 @@ def corpus(ctx: Context) -> dict:
         heldout += records[HELDOUT_EVERY - 1 :: HELDOUT_EVERY]
         kept = [r for i, r in enumerate(records) if (i + 1) % HELDOUT_EVERY]
         train += kept
-        _write_jsonl(ctx.path("raw", path.name), kept)
+        write_jsonl(ctx.path("raw", path.name), kept)
     long_docs = [r for r in train if len(r["text"]) >= 200]
     picked = rng.sample(long_docs, min(2 * PLANTED_PER_KIND, len(long_docs)))
     half = len(picked) // 2
@@ -57,8 +52,8 @@ def corpus(ctx: Context) -> dict:
         {**r, "id": f"planted-near/{r['id']}", "text": _near_copy(r["text"], rng)}
         for r in picked[half:]
     ]
-    _write_jsonl(ctx.path("raw", "planted.jsonl"), planted)
-    _write_jsonl(ctx.path("heldout", "heldout.jsonl"), heldout)
+    write_jsonl(ctx.path("raw", "planted.jsonl"), planted)
+    write_jsonl(ctx.path("heldout", "heldout.jsonl"), heldout)
     for lang in ("en", "zh"):  # line files for the tokenizer's compression chart
         lines = [" ".join(r["text"].split()) for r in heldout if r.get("category") == lang]
         ctx.path("heldout", f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

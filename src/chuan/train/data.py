@@ -174,6 +174,15 @@ class PackedRows:
         return Batch.of(ids, segments, torch.as_tensor(labels_from_row(ids, segments, target)))
 
 
+def padded_batch(ids: list, labels: list) -> Batch:
+    """Samples of different lengths as one right-padded micro-batch: segment id 1 on each
+    sample's tokens, 0 on the padding (label `IGNORE_INDEX`)."""
+    input_ids = stack_rows(ids, 0)
+    lengths = torch.tensor([len(row) for row in ids])
+    segments = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+    return Batch.of(input_ids, segments, stack_rows(labels, IGNORE_INDEX))
+
+
 def stack_rows(rows, fill: int) -> torch.Tensor:
     """`[B, T]` int64 from equal rows (one array) or ragged ones (padded on the right)."""
     rows = np.asarray(rows) if not isinstance(rows, list) else rows
