@@ -10,6 +10,7 @@ import torch
 from chuan.align.losses import (
     bradley_terry_loss,
     dpo_loss,
+    kto_loss,
     orpo_loss,
     sequence_logps,
     simpo_loss,
@@ -55,8 +56,8 @@ def test_ipo_and_hinge():
     hinge, _, _ = dpo_loss(PC, PR, RC, RR, beta=1.0, loss_type="hinge")
     assert hinge.tolist() == pytest.approx([max(0.0, 1 - h) for h in H])  # [0, 0.3]
     assert hinge[0].item() == 0.0 and hinge[1].item() > 0
-    with pytest.raises(ValueError, match="unknown DPO loss 'kto'"):
-        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type="kto")
+    with pytest.raises(ValueError, match="unknown DPO loss 'rlhf'"):
+        dpo_loss(PC, PR, RC, RR, beta=0.1, loss_type="rlhf")
 
 
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
@@ -95,6 +96,47 @@ def test_orpo_odds_ratio():
     loss, _ = orpo_loss(sure, _t(-1.0), lam=lam)
     loss.sum().backward()
     assert math.isfinite(loss.item()) and math.isfinite(sure.grad.item())
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_kto_against_the_formula_with_weights_and_the_clamped_kl():
+    """w_d·(1 − σ(β(r − z0))) for desirable answers, w_u·(1 − σ(β(z0 − r))) for undesirable
+    ones, z0 = max(0, kl); the rewards are β·r."""
+    policy, reference = _t(-10.0, -3.0, -7.0, -4.0), _t(-11.0, -3.5, -6.0, -4.0)
+    desirable = torch.tensor([True, False, True, False])
+    r = [1.0, 0.5, -1.0, 0.0]
+    beta, w_d, w_u = 0.5, 1.5, 0.75
+    for kl, z0 in ((0.4, 0.4), (-0.3, 0.0)):  # a negative KL estimate counts as 0
+        losses, rewards = kto_loss(
+            policy,
+            reference,
+            desirable,
+            _t(kl),
+            beta=beta,
+            desirable_weight=w_d,
+            undesirable_weight=w_u,
+        )
+        expected = [
+            w_d * (1 - _sigmoid(beta * (x - z0))) if good else w_u * (1 - _sigmoid(beta * (z0 - x)))
+            for x, good in zip(r, desirable.tolist(), strict=True)
+        ]
+        assert losses.tolist() == pytest.approx(expected, abs=1e-12)
+        assert rewards.tolist() == pytest.approx([beta * x for x in r])
+
+
+def test_kto_gradient_raises_desirable_lowers_undesirable_and_skips_the_kl():
+    policy = _t(-2.0, -2.0).requires_grad_()
+    kl = _t(0.7).requires_grad_()
+    losses, rewards = kto_loss(policy, _t(-2.0, -2.0), torch.tensor([True, False]), kl, beta=0.1)
+    losses.sum().backward()
+    assert policy.grad[0] < 0 < policy.grad[1]
+    assert kl.grad is None and not rewards.requires_grad
+    # at r = 0 with no KL each loss is w·(1 − σ(0)) = 0.5
+    same, _ = kto_loss(_t(-2.0), _t(-2.0), torch.tensor([True]), _t(0.0), beta=0.1)
+    assert same.item() == 0.5
 
 
 def test_sequence_logps_sums_labelled_tokens_only():

@@ -1,15 +1,23 @@
-"""Preference readers: five record layouts to one `Preference`, bad records to `Reject`s."""
+"""Preference readers: five record layouts to one `Preference`, the unpaired (KTO) layouts to
+`Unpaired`, bad records to `Reject`s."""
 
 from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from chuan.align.conversations import Conversation
-from chuan.align.preferences import Preference, detect_format, read_preferences
+from chuan.align.preferences import (
+    Preference,
+    Unpaired,
+    detect_format,
+    read_preferences,
+    read_unpaired,
+)
 from chuan.errors import InputError
 
 ASSET = Path(__file__).resolve().parents[2] / "src" / "chuan" / "assets" / "preference"
@@ -194,10 +202,13 @@ def test_a_record_of_another_layout_is_a_reject_once_the_file_layout_is_known(tm
 
 
 def test_files_that_hold_no_pairs(tmp_path, test_data):
-    with pytest.raises(InputError, match="unknown preference data format 'kto'"):
-        read_preferences(ASSET / "translate_zh_en.jsonl", "kto")
+    with pytest.raises(InputError, match="unknown preference data format 'rlhf'"):
+        read_preferences(ASSET / "translate_zh_en.jsonl", "rlhf")
     with pytest.raises(InputError, match="looks like a known preference data format"):
-        read_preferences(test_data / "sft" / "kto_en_demo.messages.jsonl.gz")
+        read_preferences(test_data / "sft" / "alpaca_zh_demo.json")
+    for kto in ("sft/kto_en_demo.messages.jsonl.gz", "preference/kto_en_demo.json"):
+        with pytest.raises(InputError, match="not preference pairs.*`loss: kto`"):
+            read_preferences(test_data / kto)
     sft = _jsonl(tmp_path / "sft.jsonl", [{"conversations": [{"from": "human", "value": "q"}]}])
     pairs, rejects = read_preferences(sft)  # sharegpt without answers: every record a reject
     assert pairs == [] and "'chosen' must be a non-empty answer" in rejects[0].reason
@@ -217,3 +228,78 @@ def test_margins_from_margin_or_scores(tmp_path):
         (4, "field 'margin' must be a finite number, got str"),
         (5, "field 'score_rejected' must be a finite number, got nothing (missing or null)"),
     ]
+
+
+def test_llama_factory_kto_demo(test_data):
+    """LLaMA-Factory's KTO demo: 300 `{messages, label}` records, the last message the
+    answer, half of them desirable; multi-round prompts kept whole."""
+    path = test_data / "preference" / "kto_en_demo.json"
+    records = json.loads(path.read_text("utf-8"))
+    samples, rejects = read_unpaired(path)
+    assert rejects == [] and len(samples) == len(records) == 300
+    for i, (sample, record) in enumerate(zip(samples, records, strict=True)):
+        turns = [(m["role"], m["content"]) for m in record["messages"]]
+        assert (sample.prompt, sample.completion) == (tuple(turns[:-1]), turns[-1][1])
+        assert sample.desirable is record["label"] and sample.origin == f"{path}:{i + 1}"
+    assert sum(s.desirable for s in samples) == 150
+    assert sum(len(s.prompt) > 1 for s in samples) == 77
+    assert {detect_format(r) for r in records} == {"kto"}
+
+
+def test_each_unpaired_layout(tmp_path):
+    """LLaMA-Factory's messages and TRL's prompt/completion (strings or messages) read to the
+    same labelled answer."""
+    expected = Unpaired((("user", "2+2?"),), "4", False, system="Be brief.")
+    records = [
+        {"messages": [SYSTEM, QUESTION, _m("assistant", "4")], "label": False},
+        {"system": "Be brief.", "prompt": "2+2?", "completion": "4", "label": False},
+        {"prompt": [SYSTEM, QUESTION], "completion": [_m("assistant", "4")], "label": False},
+        {"prompt": [SYSTEM, QUESTION], "completion": _m("assistant", "4"), "label": False},
+    ]
+    path = _jsonl(tmp_path / "kto.jsonl", records)
+    for given in (None, "kto"):
+        samples, rejects = read_unpaired(path, given)
+        assert rejects == []
+        assert samples == [replace(expected, origin=f"{path}:{i + 1}") for i in range(len(records))]
+
+
+def test_pairs_are_unpaired_chosen_desirable_then_rejected_undesirable():
+    """TRL's `unpair_preference_dataset`: every chosen answer desirable, then every rejected
+    one undesirable, with the pair's prompt, system and origin."""
+    pairs, _ = read_preferences(ASSET / "translate_zh_en.jsonl")
+    samples, rejects = read_unpaired(ASSET / "translate_zh_en.jsonl")
+    assert rejects == [] and len(samples) == 2 * len(pairs) == 600
+    for pair, good, bad in zip(pairs, samples[:300], samples[300:], strict=True):
+        assert good == Unpaired(pair.prompt, pair.chosen, True, pair.system, pair.origin)
+        assert bad == Unpaired(pair.prompt, pair.rejected, False, pair.system, pair.origin)
+
+
+def test_bad_unpaired_records_are_rejected_with_line_and_reason(tmp_path):
+    records = [
+        {"prompt": "q", "completion": "a", "label": True},
+        {"prompt": "q", "completion": "a", "label": "yes"},
+        {"prompt": "q", "completion": "a", "label": 1},
+        {"prompt": "q", "completion": "a"},
+        {"messages": [_m("user", "q"), _m("assistant", "a")], "label": None},
+        {"messages": [_m("user", "q")], "label": True},
+        {"prompt": "q", "completion": [_m("user", "a")], "label": False},
+        {"prompt": "", "completion": "a", "label": False},
+        {"prompt": "q", "completion": "  ", "label": False},
+        {"prompt": "q", "chosen": "a", "rejected": "b"},
+    ]
+    path = _jsonl(tmp_path / "kto.jsonl", records)
+    samples, rejects = read_unpaired(path)
+    assert [(s.completion, s.desirable) for s in samples] == [("a", True)]
+    assert {r.path for r in rejects} == {str(path)}
+    assert [(r.line, r.reason) for r in rejects] == [
+        (2, "field 'label' must be true or false, got str"),
+        (3, "field 'label' must be true or false, got int"),
+        (4, "field 'label' must be true or false, got nothing (missing or null)"),
+        (5, "field 'label' must be true or false, got nothing (missing or null)"),
+        (6, "the conversation must end with an answer: messages[0] ('user') is a user turn "
+            "with no answer after it"),
+        (7, "'completion' must be an assistant message, got role 'user'"),
+        (8, "empty prompt"),
+        (9, "empty answer ('completion')"),
+        (10, "field 'label' must be true or false, got nothing (missing or null)"),
+    ]  # fmt: skip

@@ -85,6 +85,7 @@ def files(tmp_path_factory, test_data) -> dict:
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+KTO_DATA = Path(__file__).resolve().parents[1] / "data" / "preference" / "kto_en_demo.json"
 
 
 def _out(f: dict, name: str) -> str:
@@ -167,13 +168,17 @@ CASES = [
     Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
          f"model={_out(f, 'no_model')}", f"out={_out(f, 'dpo')}"], ("no_model",)),
     Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
-         f"model={f['model']}", "loss=kto", f"out={_out(f, 'dpo')}"], ("loss", "sigmoid")),
+         f"model={f['model']}", "loss=rlhf", f"out={_out(f, 'dpo')}"], ("loss", "sigmoid")),
     Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
          f"model={f['model']}", "packing=true", f"out={_out(f, 'dpo')}"], ("packing",)),
     Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
          f"model={f['model']}", "template=plain", f"stages.0.data.0.path={f['good.jsonl']}",
          f"out={_out(f, 'dpo')}"],
          ("good.jsonl", "preference data format")),
+    Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
+         f"model={f['model']}", "template=plain", f"stages.0.data.0.path={KTO_DATA}",
+         f"out={_out(f, 'dpo')}"],
+         ("kto_en_demo.json", "unpaired", "loss: kto")),
     Case("dpo", lambda f: ["dpo", "--config", str(CONFIGS / "dpo-tiny-cpu.yaml"),
          f"model={f['model']}", "--inspect", "0"], ("--inspect",), code=2),
     # rm

@@ -1,5 +1,5 @@
-"""`chuan dpo`: preference optimisation (DPO, cDPO, IPO, SLiC hinge, SimPO, ORPO) on the
-fine-tuning engine.
+"""`chuan dpo`: preference optimisation (DPO, cDPO, IPO, SLiC hinge, SimPO, ORPO, and KTO on
+unpaired data) on the fine-tuning engine.
 
 The run is the pair engine (`chuan.align.pair_trainer`: `chuan sft`'s model set-up, adapter
 merge, checkpoints with exact resume, torchrun, metrics and report, with pairs for rows); this
@@ -11,24 +11,40 @@ pair's longer row, whether precomputed before training or on the fly: the number
 not depend on which pairs share a batch, so precomputed and on-the-fly references are the same
 bits, before and after a resume. Under LoRA the reference is the same model with its adapter
 switched off (the base, with no second copy in memory).
+
+KTO (`KTOTrainer`) trains on answers labelled desirable or not. Each sample is a pair of rows
+(`chuan.align.pair_data.kl_pairs`): its own answer, and its prompt with another sample's
+answer, from which KTO estimates the KL term; so the reference scores both like a pair's,
+with the same guarantees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
 from chuan.align.dpo_config import REFERENCE_FREE_LOSSES, DPOConfig
-from chuan.align.losses import dpo_loss, orpo_loss, sequence_logps, simpo_loss
-from chuan.align.pair_data import PairBatch, PairRows
+from chuan.align.losses import dpo_loss, kto_loss, orpo_loss, sequence_logps, simpo_loss
+from chuan.align.pair_data import PairBatch, PairRows, kl_pairs
 from chuan.align.pair_trainer import PairTrainer
+from chuan.align.preferences import Preference, read_unpaired
 from chuan.align.sft import run_fine_tune
 from chuan.infer.loading import load_model
-from chuan.train.loop import PretrainResult, eval_mode
+from chuan.train.data import Batch
+from chuan.train.distributed import all_reduce
+from chuan.train.loop import PretrainResult, StagePlan, eval_mode
+
+log = logging.getLogger(__name__)
+
+# TRL's advised range of w_d·n_d / (w_u·n_u), the weighted desirable-to-undesirable ratio
+# (`trl` docs, "KTO Trainer"; `trl/trainer/kto_trainer.py` warns outside it).
+KTO_BALANCE = (1.0, 4 / 3)
 
 
 class DPOTrainer(PairTrainer):
@@ -176,13 +192,151 @@ class DPOTrainer(PairTrainer):
         if self.first_held_out and self.last_held_out:
             first, last = self.first_held_out, self.last_held_out
             lines += [
-                f"- held-out preference accuracy {first['eval_reward_accuracy']:.1%} → "
+                f"- held-out reward accuracy {first['eval_reward_accuracy']:.1%} → "
                 f"{last['eval_reward_accuracy']:.1%}, reward margin "
                 f"{first['eval_reward_margin']:.4f} → {last['eval_reward_margin']:.4f}",
             ]
         return extra, lines
 
 
+def weighted_balance(desirable: int, undesirable: int, cfg: DPOConfig) -> float:
+    """w_d·n_d / (w_u·n_u) for n_d desirable and n_u undesirable answers (inf when n_u is 0)."""
+    weighted = cfg.undesirable_weight * undesirable
+    return cfg.desirable_weight * desirable / weighted if weighted else math.inf
+
+
+def _rows(batch: Batch, part: slice) -> Batch:
+    return Batch.of(batch.input_ids[part], batch.segment_ids[part], batch.labels[part])
+
+
+class KTOTrainer(DPOTrainer):
+    """`loss: kto`: a micro-batch is B samples as 2B rows, their answers then their KL rows
+    (each prompt with another sample's answer); the policy scores the KL rows without a
+    gradient, as TRL does, since they only give the reference point z0."""
+
+    records = samples = "answers"
+    pair_stats = (
+        "reward_desirable",
+        "reward_undesirable",
+        "desirable_fraction",
+        "reward_accuracy",
+        "kl",
+    )
+    read_records = staticmethod(read_unpaired)
+    as_pairs = staticmethod(kl_pairs)
+
+    @staticmethod
+    def titles(pair: Preference) -> tuple[str, str]:
+        return (
+            "desirable" if pair.desirable else "undesirable",
+            "KL row (another sample's answer)",
+        )
+
+    def build_data(self) -> tuple[list[StagePlan], PairRows | None]:
+        plans, eval_rows = super().build_data()
+        self.balance = [self._check_balance(plan) for plan in plans]
+        return plans, eval_rows
+
+    def _check_balance(self, plan: StagePlan) -> float:
+        """The stage's weighted ratio, with a warning when it is outside `KTO_BALANCE`."""
+        labels = np.asarray(plan.rows.data["desirable"])
+        desirable, undesirable = int(labels.sum()), int((~labels).sum())
+        ratio = weighted_balance(desirable, undesirable, self.cfg)
+        low, high = KTO_BALANCE
+        if not low <= ratio <= high and self.world.is_main:
+            weight = self.cfg.desirable_weight / ratio  # the weight that makes the ratio 1
+            advice = (
+                f" (desirable_weight {low * weight:.3g} to {high * weight:.3g} is within it)"
+                if desirable and undesirable
+                else ""
+            )
+            log.warning(
+                "stage %d: %d desirable and %d undesirable answers give w_d·n_d / (w_u·n_u) "
+                "= %.3g, outside the advised %g to %.3g%s",
+                plan.index,
+                desirable,
+                undesirable,
+                ratio,
+                low,
+                high,
+                advice,
+            )
+        return ratio
+
+    def pair_losses(
+        self, model: nn.Module, pb: PairBatch, rows: PairRows
+    ) -> tuple[torch.Tensor, dict]:
+        """Per-sample KTO losses, z0 the mean KL-row log-ratio over the micro-batches of
+        every rank (each rank's mean, averaged, as TRL gathers them)."""
+        cfg, n, world = self.cfg, pb.num_pairs, self.world
+        with torch.no_grad():
+            kl_logps, _, kl_logit = self._logps(model, _rows(pb.batch, slice(n, None)))
+        logps, _, max_logit = self._logps(model, _rows(pb.batch, slice(None, n)))
+        reference = pb.reference
+        if reference is None:
+            reference = self._reference_logps(model, rows, pb.pairs)
+        reference = reference.to(logps.dtype)
+        kl = (kl_logps - reference[n:]).mean().reshape(1)
+        kl = all_reduce(kl, world) / world.size
+        losses, rewards = kto_loss(
+            logps,
+            reference[:n],
+            pb.desirable,
+            kl,
+            beta=cfg.loss_beta,
+            desirable_weight=cfg.desirable_weight,
+            undesirable_weight=cfg.undesirable_weight,
+        )
+        r, desirable = rewards.double(), pb.desirable
+        numbers = {
+            "reward_desirable": r[desirable].sum(),
+            "reward_undesirable": r[~desirable].sum(),
+            "desirable_fraction": desirable.double().sum(),
+            "reward_accuracy": torch.where(desirable, r > 0, r < 0).double().sum(),
+            "kl": kl.clamp(min=0).double().sum() * n,
+            "max_logit": max(max_logit, kl_logit),
+        }
+        return losses, numbers
+
+    def step_means(self, means: dict[str, float]) -> dict[str, float]:
+        """Rewards as means over the desirable and over the undesirable answers (NaN for a
+        step that has none of them), and their difference."""
+        share = means["desirable_fraction"]
+        desirable = means["reward_desirable"] / share if share else math.nan
+        undesirable = means["reward_undesirable"] / (1 - share) if share < 1 else math.nan
+        return means | {
+            "reward_desirable": desirable,
+            "reward_undesirable": undesirable,
+            "reward_margin": desirable - undesirable,
+        }
+
+    def report_extras(self) -> tuple[dict, list[str]]:
+        extra, lines = super().report_extras()
+        cfg = self.cfg
+        extra["desirable_weight"] = cfg.desirable_weight
+        extra["undesirable_weight"] = cfg.undesirable_weight
+        extra["weighted_balance"] = self.balance
+        lines.append(
+            f"- desirable weight {cfg.desirable_weight:g}, undesirable weight "
+            f"{cfg.undesirable_weight:g}; w_d·n_d / (w_u·n_u) by stage: "
+            + ", ".join(f"{b:.3g}" for b in self.balance)
+            + " (advised: 1 to 4/3)"
+        )
+        if self.first_held_out and self.last_held_out:
+            first, last = self.first_held_out, self.last_held_out
+            lines.append(
+                f"- held-out reward of desirable answers {first['eval_reward_desirable']:.4f} "
+                f"→ {last['eval_reward_desirable']:.4f}, of undesirable ones "
+                f"{first['eval_reward_undesirable']:.4f} → {last['eval_reward_undesirable']:.4f}"
+            )
+        return extra, lines
+
+
+def trainer_class(cfg: DPOConfig) -> type[DPOTrainer]:
+    """The trainer of `cfg.loss`: KTO's for unpaired answers, else the pair losses'."""
+    return KTOTrainer if cfg.loss == "kto" else DPOTrainer
+
+
 def dpo(cfg: DPOConfig, *, resume: str | None = None) -> PretrainResult:
     """Run (or, with `resume="auto"` or a checkpoint path, continue) a preference run."""
-    return run_fine_tune(DPOTrainer, cfg, resume)
+    return run_fine_tune(trainer_class(cfg), cfg, resume)

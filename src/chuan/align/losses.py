@@ -1,8 +1,8 @@
 """Preference losses, each a per-pair tensor (the caller takes the mean over the global batch).
 
 Formulas and defaults as the papers give them and TRL implements them (`trl/trainer/
-dpo_trainer.py`, `cpo_trainer.py`, `orpo_trainer.py`), so a run here and a TRL run of the same
-settings optimise the same objective:
+dpo_trainer.py`, `cpo_trainer.py`, `orpo_trainer.py`, `kto_trainer.py`), so a run here and a
+TRL run of the same settings optimise the same objective:
 
 - DPO (Rafailov et al. 2023): `-log σ(β·[(π_c − ref_c) − (π_r − ref_r)])` over summed answer
   log-probs; cDPO label smoothing ε (Mitchell 2023) mixes in the flipped pair:
@@ -13,6 +13,9 @@ settings optimise the same objective:
   `−log σ(β·(avg_c − avg_r) − γ)`.
 - ORPO (Hong et al. 2024): `−λ·log σ(log odds(y_c) − log odds(y_r))` with
   `odds(y) = p/(1−p)`, `p = exp(avg log-prob)`; the caller adds the chosen answers' NLL.
+- KTO (Ethayarajh et al. 2024): per unpaired answer, with r = π − ref over summed answer
+  log-probs, `w_d·(1 − σ(β·(r − z0)))` for a desirable one and `w_u·(1 − σ(β·(z0 − r)))` for
+  an undesirable one; z0 is the batch's KL estimate (see `kto_loss`).
 - Bradley–Terry reward-model loss (InstructGPT, Ouyang et al. 2022, eq. 1):
   `−log σ(r_c − r_r − m)` with an optional margin m (Llama 2, Touvron et al. 2023, eq. 2) and
   TRL's reward centring `λ·(r_c + r_r)²` (Eisenstein et al. 2023), which keeps the scores
@@ -93,6 +96,41 @@ def orpo_loss(
     c, r = torch.minimum(average_chosen, top), torch.minimum(average_rejected, top)
     log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
     return -lam * F.logsigmoid(log_odds), log_odds.detach()
+
+
+def kto_loss(
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample KTO losses (Ethayarajh et al. 2024, arXiv:2402.01306) and the rewards
+    `β·r`, r = policy − reference summed answer log-probs:
+
+        desirable:    w_d · (1 − σ(β·(r − z0)))
+        undesirable:  w_u · (1 − σ(β·(z0 − r)))
+        z0 = max(0, kl), no gradient
+
+    `kl` is the mean log-ratio r of the batch's mismatched pairs (a prompt with another
+    sample's answer), averaged over the ranks, as TRL's `kto_loss` gathers it: an estimate of
+    KL(π‖ref) that is clamped at 0 because a KL divergence is never negative, and detached
+    because it only sets the reference point the rewards are judged against. A desirable
+    answer's loss falls as r rises above z0, an undesirable one's as r falls below it, each
+    saturating in σ: an answer far on its side of the reference point gives almost no
+    gradient.
+    """
+    z0 = kl.detach().clamp(min=0)
+    logratio = policy_logps - reference_logps
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (logratio - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - logratio))),
+    )
+    return losses, beta * logratio.detach()
 
 
 def bradley_terry_loss(

@@ -13,9 +13,10 @@ from chuan.config import ConfigError
 @dataclass
 class PreferenceSource(DataSource):
     """One preference file, its layout (detected when omitted) and its mixing weight (as in
-    `chuan sft`: the first source whole, the others `weight / first weight` per pair)."""
+    `chuan sft`: the first source whole, the others `weight / first weight` per pair);
+    `kto` is unpaired data, for `chuan dpo` with `loss: kto` only."""
 
-    format: Literal["pairwise", "alpaca", "hh", "sharegpt", "colossal"] | None = None
+    format: Literal["pairwise", "alpaca", "hh", "sharegpt", "colossal", "kto"] | None = None
 
 
 @dataclass

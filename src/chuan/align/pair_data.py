@@ -6,6 +6,11 @@ Only the answer (and its end token) carries labels: the log-probability a prefer
 compares is the sum over those tokens. A pair longer than `max_length` loses its oldest
 prompt rounds from both sides alike, so the two answers always follow the same prompt; a pair
 whose last round alone does not fit is dropped; both are counted.
+
+KTO's unpaired samples travel as pairs too (`kl_pairs`): the sample's answer is the chosen
+row, and the rejected row is the same prompt with another sample's answer, the mismatched
+row KTO estimates its KL term from, so the reference scores, batching and resume of pairs
+serve it unchanged; a `desirable` column holds the labels.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from chuan.align.preferences import Preference
+from chuan.align.preferences import Preference, Unpaired
 from chuan.align.sft_data import SFTDataStats, round_starts
 from chuan.errors import InputError
 from chuan.model.loss import IGNORE_INDEX
@@ -32,13 +37,14 @@ REFERENCE_COLUMNS = ("ref_chosen", "ref_rejected")
 @dataclass
 class PairBatch:
     """B pairs as one micro-batch of 2B rows (the B chosen, then the B rejected), with the
-    reference log-probs `[2B]` (same order) when they were precomputed, and the pairs' data
-    margins `[B]` (NaN where a record gave none)."""
+    reference log-probs `[2B]` (same order) when they were precomputed, the pairs' data
+    margins `[B]` (NaN where a record gave none), and for KTO samples their labels `[B]`."""
 
     batch: Batch
     reference: torch.Tensor | None
     pairs: list[int]  # the row index of each pair, to score the reference one pair at a time
     margin: torch.Tensor
+    desirable: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -53,22 +59,28 @@ class PairBatch:
         return self.batch.num_labels
 
     def to(self, device: torch.device) -> PairBatch:
-        reference = None if self.reference is None else self.reference.to(device)
-        return PairBatch(self.batch.to(device), reference, self.pairs, self.margin.to(device))
+        reference, desirable = (
+            None if t is None else t.to(device) for t in (self.reference, self.desirable)
+        )
+        return PairBatch(
+            self.batch.to(device), reference, self.pairs, self.margin.to(device), desirable
+        )
 
 
 class PairRows(PackedRows):
     """The pairs one stage trains on, addressed by a global sample index like packed rows
-    (same seeded per-epoch order, so resume is exact)."""
+    (same seeded per-epoch order, so resume is exact); KTO samples add a `desirable` column."""
 
     COLUMNS = ["chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels", "margin"]
 
     def __init__(self, data: Dataset, *, shuffle: bool = True, seed: int = 0):
         if len(data) == 0:
             raise InputError("no pairs to train on")
-        columns = self.COLUMNS + [c for c in REFERENCE_COLUMNS if c in data.column_names]
+        optional = (*REFERENCE_COLUMNS, "desirable")
+        columns = self.COLUMNS + [c for c in optional if c in data.column_names]
         self.data = data.with_format("numpy", columns=columns)
         self.has_reference = "ref_chosen" in data.column_names
+        self.unpaired = "desirable" in data.column_names
         self.row_length = max(
             max(map(len, data["chosen_ids"])), max(map(len, data["rejected_ids"]))
         )
@@ -92,7 +104,8 @@ class PairRows(PackedRows):
                 np.concatenate([data["ref_chosen"], data["ref_rejected"]]).astype(np.float64)
             )
         margin = torch.from_numpy(data["margin"].astype(np.float64))
-        return PairBatch(batch, reference, list(rows), margin)
+        desirable = torch.from_numpy(data["desirable"].astype(bool)) if self.unpaired else None
+        return PairBatch(batch, reference, list(rows), margin, desirable)
 
     def with_reference(self, scores: np.ndarray) -> PairRows:
         """These pairs with reference log-probs `scores[row] = (chosen, rejected)` kept
@@ -102,6 +115,28 @@ class PairRows(PackedRows):
         data = data.add_column("ref_chosen", scores[:, 0].tolist())
         data = data.add_column("ref_rejected", scores[:, 1].tolist())
         return PairRows(data, shuffle=self.shuffle, seed=self.seed)
+
+
+def kl_pairs(samples: Sequence[Unpaired]) -> list[Preference]:
+    """Each sample as a pair: its answer chosen, and as the rejected row the previous
+    sample's answer (the first takes the last's) after its own prompt.
+
+    The rejected rows are KTO's mismatched pairs (x_i, y_{i-1}), whose policy/reference
+    log-ratio estimates the KL term z0 (Ethayarajh et al. 2024, arXiv:2402.01306),
+    made as TRL's `_get_kl_dataset` (`trl/trainer/kto_trainer.py`) makes them, by rotating
+    the answers one place; in a shuffled stage the previous sample is a random one.
+    """
+    return [
+        Preference(
+            s.prompt,
+            s.completion,
+            samples[i - 1].completion,
+            s.system,
+            origin=s.origin,
+            desirable=s.desirable,
+        )
+        for i, s in enumerate(samples)
+    ]
 
 
 def _encode(template: ChatTemplate, pairs: Sequence[tuple[Preference, int]]) -> list[Encoded]:
@@ -159,6 +194,8 @@ def to_pair_rows(
     if not encoded:
         raise InputError("no preference pair fits; raise max_length or check the data")
     columns: dict[str, list] = {c: [] for c in PairRows.COLUMNS}
+    if encoded[0][0].desirable is not None:
+        columns["desirable"] = [pair.desirable for pair, _, _ in encoded]
     for pair, chosen, rejected in encoded:
         columns["margin"].append(math.nan if pair.margin is None else pair.margin)
         for side, sample in (("chosen", chosen), ("rejected", rejected)):

@@ -35,6 +35,24 @@ class PairTrainer(SFTTrainer):
         "reward_margin",
         "reward_accuracy",
     )
+    # How a data file is read, and its records made pairs (a subclass with other data, KTO's
+    # unpaired answers, replaces both).
+    read_records = staticmethod(read_preferences)
+
+    @staticmethod
+    def as_pairs(records: list) -> list[Preference]:
+        """The records, in their order, as the pairs to encode; pairs already are."""
+        return records
+
+    @staticmethod
+    def titles(pair: Preference) -> tuple[str, str]:
+        """What `--inspect` calls a pair's two rows."""
+        return "chosen", "rejected"
+
+    def step_means(self, means: dict[str, float]) -> dict[str, float]:
+        """The logged numbers, from the means of `pair_stats` over the pairs of a step or of
+        the held-out set; a subclass derives others from them."""
+        return means
 
     def pair_losses(
         self, model: nn.Module, pb: PairBatch, rows: PairRows
@@ -47,15 +65,16 @@ class PairTrainer(SFTTrainer):
 
     def build_data(self) -> tuple[list[StagePlan], PairRows | None]:
         cfg = self.cfg
-        held_out: list[Preference] = []
+        held_out: list = []
         plans = []
         for index, stage in enumerate(cfg.stages):
-            loaded = [read_source(s, self.stats, read_preferences) for s in stage.data]
+            loaded = [read_source(s, self.stats, self.read_records) for s in stage.data]
             if index == 0 and cfg.eval.holdout:
                 held_out, loaded[0] = split_holdout(loaded[0], cfg.eval.holdout, cfg.seed)
-            pairs = mix(stage.data, loaded, seed=cfg.seed + index)
-            for pair in pairs:
-                self.stats.mixed[pair.origin.rsplit(":", 1)[0]] += 1
+            records = mix(stage.data, loaded, seed=cfg.seed + index)
+            for record in records:
+                self.stats.mixed[record.origin.rsplit(":", 1)[0]] += 1
+            pairs = self.as_pairs(records)
             encoded = encode_pairs(self.template, pairs, cfg.max_length, self.stats)
             rows = to_pair_rows(
                 encoded, shuffle=stage.shuffle, seed=cfg.seed + index, stats=self.stats
@@ -66,10 +85,12 @@ class PairTrainer(SFTTrainer):
             plans.append(stage_plan(cfg, index, stage, rows, steps))
         if cfg.eval.data:
             held_out = [
-                p for s in cfg.eval.data for p in read_source(s, self.eval_stats, read_preferences)
+                r for s in cfg.eval.data for r in read_source(s, self.eval_stats, self.read_records)
             ]
+        held_out = self.as_pairs(held_out)
+        references = [p for p in held_out if p.desirable is not False]  # no undesirable one
         self.sample_conversations = [
-            p.conversation(p.chosen) for p in held_out[: cfg.samples.prompts]
+            p.conversation(p.chosen) for p in references[: cfg.samples.prompts]
         ]
         self._write_rejects()
         if not held_out:
@@ -109,7 +130,9 @@ class PairTrainer(SFTTrainer):
             "loss": sums[0].item() / total,
             "tokens": int(sums[1].item()),
             "max_logit": largest.item(),
-            **{k: sums[2 + j].item() / total for j, k in enumerate(self.pair_stats)},
+            **self.step_means(
+                {k: sums[2 + j].item() / total for j, k in enumerate(self.pair_stats)}
+            ),
         }
 
     @torch.no_grad()
@@ -130,26 +153,26 @@ class PairTrainer(SFTTrainer):
         if hasattr(self.model, "reshard"):
             self.model.reshard()
         means = (sums / len(rows)).tolist()
-        return {
-            "eval_loss": means[0],
-            **{f"eval_{k}": v for k, v in zip(self.pair_stats, means[1:], strict=True)},
-        }
+        stats = self.step_means(dict(zip(self.pair_stats, means[1:], strict=True)))
+        return {"eval_loss": means[0], **{f"eval_{k}": v for k, v in stats.items()}}
 
     def prepare_stage(self, plan: StagePlan) -> None:
         self._rows_of_step = plan.rows
 
 
-def inspect_pairs(cfg: PairConfig, count: int) -> str:
-    """The first `count` pairs of the first stage as the model sees them (`--inspect`)."""
+def inspect_pairs(cfg: PairConfig, count: int, trainer: type[PairTrainer] = PairTrainer) -> str:
+    """The first `count` pairs of the first stage as the model sees them (`--inspect`), read
+    and made pairs as `trainer` makes them."""
     template = get_template(cfg.template, load_tokenizer(cfg.model))
     stats = SFTDataStats()
     stage = cfg.stages[0]
-    loaded = [read_source(source, stats, read_preferences) for source in stage.data]
-    pairs = mix(stage.data, loaded, seed=cfg.seed)[: 2 * count]  # spares for drops
+    loaded = [read_source(source, stats, trainer.read_records) for source in stage.data]
+    pairs = trainer.as_pairs(mix(stage.data, loaded, seed=cfg.seed))[: 2 * count]  # spares
     shown = []
     for pair, chosen, rejected in encode_pairs(template, pairs, cfg.max_length, stats)[:count]:
+        first, second = trainer.titles(pair)
         shown += [
-            "chosen:\n" + render_sample(template, pair.conversation(pair.chosen), chosen),
-            "rejected:\n" + render_sample(template, pair.conversation(pair.rejected), rejected),
+            f"{first}:\n" + render_sample(template, pair.conversation(pair.chosen), chosen),
+            f"{second}:\n" + render_sample(template, pair.conversation(pair.rejected), rejected),
         ]
     return "\n\n".join(shown)

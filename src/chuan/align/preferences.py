@@ -1,5 +1,6 @@
 """Preference data: five public record layouts read into one `Preference` (a prompt, a
-chosen and a rejected answer).
+chosen and a rejected answer), and one of unpaired data read into `Unpaired` (a prompt and
+one answer labelled desirable or not), for KTO.
 
 - `pairwise`: TRL's preference layout (`trl` docs, "Dataset formats"): `{prompt, chosen,
   rejected}` as strings, or conversational (`prompt` a list of `{role, content}` messages,
@@ -16,6 +17,10 @@ chosen and a rejected answer).
 - `hh`: Anthropic hh-rlhf: `chosen` and `rejected` are whole transcripts
   `"\\n\\nHuman: ...\\n\\nAssistant: ..."`; the prompt is everything before the last
   `"\\n\\nAssistant:"`, and must be the same in both.
+- `kto` (unpaired): LLaMA-Factory's `{messages: [{role, content}], label}` (its
+  `kto_en_demo.json`; the last message is the answer), or TRL's unpaired preference layout
+  `{prompt, completion, label}` (strings, or a prompt message list and one assistant message);
+  `label` is true (a desirable answer) or false.
 
 Any layout may carry how much better the chosen answer is: `margin` (a number), or
 `score_chosen` and `score_rejected` (UltraFeedback's fields; the margin is their difference).
@@ -23,6 +28,10 @@ Reward models can train on it and report accuracy by it. A prompt starts and end
 turn and alternates; the answers are non-empty and differ. A record that breaks any of this is
 a `Reject` with file, line and reason, never fatal, as in `chuan.align.conversations`, whose
 message checks these readers share.
+
+Pairs and unpaired answers are different data: `read_preferences` refuses a `kto` file (a
+pair loss has nothing to compare its one answer with), and `read_unpaired` reads both, each
+pair as two labelled answers, as TRL's `unpair_preference_dataset` does.
 """
 
 from __future__ import annotations
@@ -46,8 +55,9 @@ from chuan.align.conversations import (
     read_records,
     to_conversation,
 )
+from chuan.errors import InputError
 
-FORMATS = ("pairwise", "alpaca", "sharegpt", "colossal", "hh")
+FORMATS = ("pairwise", "alpaca", "sharegpt", "colossal", "hh", "kto")
 
 _SIGNS = {
     "pairwise": "'prompt', 'chosen' and 'rejected' (or 'chosen' and 'rejected' message lists)",
@@ -55,6 +65,7 @@ _SIGNS = {
     "sharegpt": "a 'conversations' list with 'chosen' and 'rejected'",
     "colossal": "a 'context' list with 'chosen' and 'rejected'",
     "hh": "'chosen' and 'rejected' transcripts with '\\n\\nHuman:' / '\\n\\nAssistant:'",
+    "kto": "a 'messages' list with a 'label', or 'prompt', 'completion' and 'label'",
 }
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -64,7 +75,11 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 class Preference:
     """A prompt (user/assistant turns that start and end with a user turn), the preferred
     and the dispreferred answer to it, the system text ("" when none), how much better the
-    chosen answer is (None when the record does not say), and "path:line" of the record."""
+    chosen answer is (None when the record does not say), and "path:line" of the record.
+
+    A KTO sample is carried as a pair too (`chuan.align.pair_data.kl_pairs`): `chosen` is its
+    answer, `desirable` its label, and `rejected` another sample's answer (the KL row);
+    `desirable` is None for a true pair."""
 
     prompt: tuple[tuple[str, str], ...]
     chosen: str
@@ -72,14 +87,29 @@ class Preference:
     system: str = ""
     margin: float | None = None
     origin: str = ""
+    desirable: bool | None = None
 
     def conversation(self, answer: str) -> Conversation:
         """The prompt answered with `answer`, as SFT data would hold it."""
         return Conversation((*self.prompt, ("assistant", answer)), self.system, self.origin)
 
 
+@dataclass(frozen=True)
+class Unpaired:
+    """A prompt (as in `Preference`), one answer to it, whether that answer is desirable,
+    the system text ("" when none) and "path:line" of the record."""
+
+    prompt: tuple[tuple[str, str], ...]
+    completion: str
+    desirable: bool
+    system: str = ""
+    origin: str = ""
+
+
 def detect_format(record: dict) -> str | None:
     """The layout a record looks like, from its keys alone, or None."""
+    if "completion" in record or (isinstance(record.get("messages"), list) and "label" in record):
+        return "kto"
     if isinstance(record.get("conversations"), list):
         return "sharegpt"
     if "instruction" in record and "chosen" in record:
@@ -94,9 +124,11 @@ def detect_format(record: dict) -> str | None:
     return None
 
 
-def to_preference(record: dict, format: str) -> Preference:
-    """Read one record of the given layout; raises `RecordRejected` for one that is not a
-    valid preference pair."""
+def to_record(record: dict, format: str) -> Preference | Unpaired:
+    """Read one record of the given layout (`kto`: an `Unpaired`, else a `Preference`);
+    raises `RecordRejected` for one that is not valid."""
+    if format == "kto":
+        return _kto(record)
     return replace(_READERS[format](record), margin=_margin(record))
 
 
@@ -115,15 +147,42 @@ def _number(record: dict, field: str) -> float:
     return float(value)
 
 
-LAYOUTS = Layouts("preference data", FORMATS, detect_format, to_preference, _SIGNS)
+LAYOUTS = Layouts("preference data", FORMATS, detect_format, to_record, _SIGNS)
 
 
 def read_preferences(
     path: str | Path, format: str | None = None
 ) -> tuple[list[Preference], list[Reject]]:
     """Every pair of one preference file and a `Reject` for every bad record (the reading
-    rules of `chuan.align.conversations.read_records`)."""
-    return read_records(path, format, LAYOUTS)
+    rules of `chuan.align.conversations.read_records`); a file of unpaired answers is an
+    `InputError`."""
+    records, rejects = read_records(path, format, LAYOUTS)
+    if records and isinstance(records[0], Unpaired):
+        raise InputError(
+            f"{path}: unpaired records (one answer with a 'label' each, format kto), not "
+            "preference pairs; `chuan dpo` trains on them with `loss: kto`"
+        )
+    return records, rejects
+
+
+def read_unpaired(
+    path: str | Path, format: str | None = None
+) -> tuple[list[Unpaired], list[Reject]]:
+    """Every labelled answer of one file (`kto`, or any pair layout) and a `Reject` for every
+    bad record. Pairs become two answers each, every chosen one desirable and then every
+    rejected one undesirable (TRL's `unpair_preference_dataset`, `trl/data_utils.py`), so
+    the two answers to one prompt are not neighbours."""
+    records, rejects = read_records(path, format, LAYOUTS)
+    if records and isinstance(records[0], Preference):
+        records = [
+            *(_unpaired(pair, pair.chosen, True) for pair in records),
+            *(_unpaired(pair, pair.rejected, False) for pair in records),
+        ]
+    return records, rejects
+
+
+def _unpaired(pair: Preference, answer: str, desirable: bool) -> Unpaired:
+    return Unpaired(pair.prompt, answer, desirable, pair.system, pair.origin)
 
 
 # -- checks shared by the layouts ------------------------------------------------------------
@@ -208,20 +267,27 @@ def _alpaca(record: dict) -> Preference:
 
 
 def _pairwise(record: dict) -> Preference:
-    keys = ("role", "content")
     prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
     if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
+    answers = (
+        _answer(chosen, "chosen", _TRL_KEYS, MESSAGES_ROLES),
+        _answer(rejected, "rejected", _TRL_KEYS, MESSAGES_ROLES),
+    )
+    return _pair(_trl_prompt(prompt, record.get("system")), *answers)
+
+
+_TRL_KEYS = ("role", "content")
+
+
+def _trl_prompt(prompt: Any, system: Any) -> Conversation:
+    """TRL's `prompt`: a string (one user turn) or a message list, checked by `_prompt`."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise RecordRejected("empty prompt")
         prompt = [{"role": "user", "content": prompt}]
-    answers = (
-        _answer(chosen, "chosen", keys, MESSAGES_ROLES),
-        _answer(rejected, "rejected", keys, MESSAGES_ROLES),
-    )
-    fields = {"system": record.get("system"), "prompt": prompt}
-    return _pair(_prompt(fields, "prompt", keys, MESSAGES_ROLES, TOOL_TAGS["messages"]), *answers)
+    fields = {"system": system, "prompt": prompt}
+    return _prompt(fields, "prompt", _TRL_KEYS, MESSAGES_ROLES, TOOL_TAGS["messages"])
 
 
 def _split_implicit_prompt(chosen: list, rejected: list) -> tuple[list, list, list]:
@@ -232,6 +298,21 @@ def _split_implicit_prompt(chosen: list, rejected: list) -> tuple[list, list, li
             "their last (assistant) message"
         )
     return chosen[:-1], chosen[-1:], rejected[-1:]
+
+
+def _kto(record: dict) -> Unpaired:
+    label = record.get("label")
+    if not isinstance(label, bool):
+        raise RecordRejected(f"field 'label' must be true or false, {describe_value(label)}")
+    if "messages" in record:  # LLaMA-Factory: the whole conversation, the answer last
+        conversation = message_list(
+            record, "messages", _TRL_KEYS, MESSAGES_ROLES, TOOL_TAGS["messages"]
+        )
+        *prompt, (_, completion) = conversation.messages
+        return Unpaired(tuple(prompt), completion, label, conversation.system)
+    completion = _answer(record.get("completion"), "completion", _TRL_KEYS, MESSAGES_ROLES)
+    prompt = _trl_prompt(record.get("prompt"), record.get("system"))
+    return Unpaired(prompt.messages[:-1], completion, label, prompt.system)
 
 
 def _hh(record: dict) -> Preference:

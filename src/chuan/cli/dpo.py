@@ -8,13 +8,13 @@ from chuan.cli.options import add_recipe_arguments, int_at_least, print_run_resu
 
 
 def _dpo(args: argparse.Namespace) -> None:
-    from chuan.align.dpo import dpo
+    from chuan.align.dpo import dpo, trainer_class
     from chuan.align.dpo_config import load_dpo_config
     from chuan.align.pair_trainer import inspect_pairs
 
     cfg = load_dpo_config(args.config, args.overrides)
     if args.inspect:
-        print(inspect_pairs(cfg, args.inspect))
+        print(inspect_pairs(cfg, args.inspect, trainer_class(cfg)))
         return
     print_run_result(dpo(cfg, resume=args.resume))
 
@@ -22,11 +22,15 @@ def _dpo(args: argparse.Namespace) -> None:
 def register(verbs: argparse._SubParsersAction) -> None:
     dpo = verbs.add_parser(
         "dpo",
-        help="preference optimisation: DPO, cDPO, IPO, hinge, SimPO, ORPO on chosen/rejected pairs",
+        help="preference optimisation: DPO, cDPO, IPO, hinge, SimPO, ORPO on chosen/rejected "
+        "pairs; KTO on answers labelled desirable or not",
         description="Align a chat model (usually `chuan sft`'s OUT/model) on preference pairs "
         "(TRL-style prompt/chosen/rejected, alpaca with chosen/rejected, hh-rlhf transcripts, "
         "LLaMA-Factory sharegpt pairs, ColossalChat context/chosen/rejected; mixed by weight). "
-        "`loss`: sigmoid (DPO, beta 0.1; label_smoothing for cDPO), ipo, hinge, simpo, orpo. "
+        "`loss`: sigmoid (DPO, beta 0.1; label_smoothing for cDPO), ipo, hinge, simpo, orpo, "
+        "or kto (unpaired data: LLaMA-Factory messages/label, TRL prompt/completion/label, or "
+        "pairs split into a desirable and an undesirable answer; desirable_weight, "
+        "undesirable_weight). "
         "The reference is a frozen model dir (`reference`, default: the starting model; under "
         "LoRA the same model with its adapter off), scored on the fly or once before training "
         "(`precompute_reference: true`, the same numbers). Full, freeze, LoRA or QLoRA as in "
