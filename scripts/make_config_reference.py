@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 from chuan.align.dpo_config import DPOConfig
+from chuan.align.rl_config import GRPOConfig, PPOConfig
 from chuan.align.rm_config import RMConfig
 from chuan.align.sft_config import SFTConfig
 from chuan.data.clean import CleanConfig
@@ -26,6 +27,8 @@ ROOTS = [
     (SFTConfig, "chuan sft --config FILE"),
     (DPOConfig, "chuan dpo --config FILE"),
     (RMConfig, "chuan rm train --config FILE"),
+    (PPOConfig, "chuan ppo --config FILE"),
+    (GRPOConfig, "chuan grpo --config FILE"),
     (CleanConfig, "chuan data clean --config FILE"),
     (MixConfig, "chuan data mix --config FILE"),
     (SweepConfig, "chuan scaling sweep --config FILE"),

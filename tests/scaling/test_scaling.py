@@ -360,7 +360,7 @@ def _stop_the_largest_run_at_step(monkeypatch, step: int) -> None:
         return calls["steps"] == step
 
     monkeypatch.setattr(loop, "pretrain", pretrain)
-    monkeypatch.setattr(loop, "_stop_everywhere", stop_requested)
+    monkeypatch.setattr(loop, "stop_everywhere", stop_requested)
 
 
 def _steps_logged(run_dir: Path) -> list[int]:

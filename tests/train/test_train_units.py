@@ -165,7 +165,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = sorted(
     p
     for p in CONFIGS.glob("*.yaml")
-    if not p.stem.startswith("scaling-") and not {"sft", "dpo", "rm"} & set(p.stem.split("-"))
+    if not p.stem.startswith("scaling-")
+    and not {"sft", "dpo", "rm", "ppo", "grpo"} & set(p.stem.split("-"))
 )
 
 

@@ -274,13 +274,13 @@ def _pairwise(record: dict) -> Preference:
         _answer(chosen, "chosen", _TRL_KEYS, MESSAGES_ROLES),
         _answer(rejected, "rejected", _TRL_KEYS, MESSAGES_ROLES),
     )
-    return _pair(_trl_prompt(prompt, record.get("system")), *answers)
+    return _pair(trl_prompt(prompt, record.get("system")), *answers)
 
 
 _TRL_KEYS = ("role", "content")
 
 
-def _trl_prompt(prompt: Any, system: Any) -> Conversation:
+def trl_prompt(prompt: Any, system: Any) -> Conversation:
     """TRL's `prompt`: a string (one user turn) or a message list, checked by `_prompt`."""
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -311,7 +311,7 @@ def _kto(record: dict) -> Unpaired:
         *prompt, (_, completion) = conversation.messages
         return Unpaired(tuple(prompt), completion, label, conversation.system)
     completion = _answer(record.get("completion"), "completion", _TRL_KEYS, MESSAGES_ROLES)
-    prompt = _trl_prompt(record.get("prompt"), record.get("system"))
+    prompt = trl_prompt(record.get("prompt"), record.get("system"))
     return Unpaired(prompt.messages[:-1], completion, label, prompt.system)
 
 

@@ -238,11 +238,11 @@ class SFTTrainer(Trainer):
             lines += ["", "## Replies (greedy) before and after", ""]
             for r in self.replies:
                 lines += [
-                    f"- **prompt**: {_one_line(r.prompt)}",
-                    f"  - reference: {_one_line(r.reference)}",
-                    f"  - before: {_one_line(r.before)}"
+                    f"- **prompt**: {one_line(r.prompt)}",
+                    f"  - reference: {one_line(r.reference)}",
+                    f"  - before: {one_line(r.before)}"
                     + ("" if r.before_ended else " *(no end token)*"),
-                    f"  - after: {_one_line(r.after)}"
+                    f"  - after: {one_line(r.after)}"
                     + ("" if r.after_ended else " *(no end token)*"),
                 ]
         return extra, lines
@@ -276,7 +276,7 @@ class SFTTrainer(Trainer):
         return replies
 
 
-def _one_line(text: str, limit: int = 160) -> str:
+def one_line(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

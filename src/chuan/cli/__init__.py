@@ -20,6 +20,7 @@ VERB_MODULES = (
     "sft",
     "dpo",
     "rm",
+    "rl",
     "tokenizer",
     "eval",
     "generate",

@@ -8,6 +8,12 @@ row per step. Every row has its own `SamplingConfig`, stops on its own stop ids 
 budget, and can be stopped by the caller (`finish`), which is what a server streaming to
 several clients needs. A row gives the same tokens alone as in any batch.
 
+With `record_logprobs=True` the decoder also keeps, per row, every token it chose (the stop
+token included) and its log-probability under the row's temperature-scaled distribution
+`log_softmax(logits / T)` (T = 1 for greedy rows), before top-k / top-p and the repetition
+penalty: the policy log-probs RL needs for its rollouts (`chuan.align.rollout`), as TRL
+computes them.
+
 `stream_tokens` and `generate` are the one-call forms; `chuan.infer.sampling` holds the
 processors and the generation defaults.
 """
@@ -119,6 +125,7 @@ class BatchDecoder:
         configs: list[SamplingConfig],
         *,
         compile: bool = False,
+        record_logprobs: bool = False,
     ):
         _check_prompts(prompts, model.config.vocab_size)
         if len(configs) != len(prompts):
@@ -137,6 +144,13 @@ class BatchDecoder:
         self._forward = _compiled_decode_logits() if compile else _decode_logits
         self._generated = [0] * len(prompts)
         self.finish_reasons: list[str | None] = [None] * len(prompts)
+        self._temperature = torch.tensor(
+            [c.temperature or 1.0 for c in configs], dtype=torch.float32, device=device
+        )[:, None]
+        # With `record_logprobs`: each row's chosen tokens (its stop token included) and their
+        # log-probabilities.
+        self.chosen: list[list[int]] | None = [[] for _ in prompts] if record_logprobs else None
+        self.logprobs: list[list[float]] | None = [[] for _ in prompts] if record_logprobs else None
         self._logits = self._run(self._tokens[:, :width], _decode_logits)
         self._fed = True
 
@@ -195,7 +209,18 @@ class BatchDecoder:
         self._tokens[:, self._length] = chosen
         self._length += 1
         self._fed = False
+        if self.chosen is not None:
+            self._keep_logprobs(chosen)
         return [self._record(row, token) for row, token in enumerate(chosen.tolist())]
+
+    def _keep_logprobs(self, chosen: torch.Tensor) -> None:
+        """Append each running row's token and its log-probability."""
+        scaled = self._logits.float() / self._temperature
+        logps = scaled.log_softmax(-1).gather(1, chosen[:, None])[:, 0].tolist()
+        for row, (token, logp) in enumerate(zip(chosen.tolist(), logps, strict=True)):
+            if self.finish_reasons[row] is None:
+                self.chosen[row].append(token)
+                self.logprobs[row].append(logp)
 
     def _record(self, row: int, token: int) -> int | None:
         """Count `token` for `row` and return it, or None when the row is (now) finished."""

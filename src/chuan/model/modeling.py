@@ -398,9 +398,12 @@ class BaichuanForSequenceClassification(BaichuanPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        every_position: bool = False,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
-        """`logits` is fp32 `[batch, num_labels]`; `attention_mask` as for the decoder."""
+        """`logits` is fp32 `[batch, num_labels]`; `attention_mask` as for the decoder. With
+        `every_position` it is the head at every position, `[batch, seq, num_labels]` (a
+        PPO critic's per-token values)."""
         hidden = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -408,6 +411,8 @@ class BaichuanForSequenceClassification(BaichuanPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=False,
         ).last_hidden_state
+        if every_position:
+            return SequenceClassifierOutputWithPast(logits=self.score(hidden).float())
         if attention_mask is None:
             last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
         else:

@@ -135,12 +135,15 @@ def save_checkpoint(
     write_model: Callable[[Path], None],
     keep: int,
     trainable_only: bool = False,
+    extras: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> Path:
     """Write `step-N` atomically on every rank, then prune to the newest `keep` on rank 0.
 
     `write_model(dir)` writes the loadable `model/` (every rank calls it: it may gather).
     With `trainable_only` the training state holds only the parameters that train (an
     adapter, or the unfrozen blocks): the rest is the base model, read again on resume.
+    `extras` are more trained models with their optimizers (PPO's critic), saved by name
+    beside the model, under the same rules.
     """
     root = checkpoint_root(run_dir)
     final = root / f"step-{state.step:08d}"
@@ -149,14 +152,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(world)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    if trainable_only:
-        model_state = _trainable_part(model, model_state)
+    states = {}
+    for name, (module, module_optimizer) in {"model": (model, optimizer), **(extras or {})}.items():
+        module_state, optim_state = get_state_dict(module, module_optimizer)
+        if trainable_only:
+            module_state = _trainable_part(module, module_state)
+        states[name] = module_state
+        states[_optim_key(name)] = optim_state
     with warnings.catch_warnings():  # one process is a supported DCP mode, not a mistake
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(
-            {"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "train_state")
-        )
+        dcp.save(states, checkpoint_id=str(tmp / "train_state"))
     write_atomic(tmp / f"rng-rank{world.rank}.json", json.dumps(_rng_state()))
     write_model(tmp / "model")
     barrier(world)
@@ -169,6 +174,10 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
+
+
+def _optim_key(name: str) -> str:
+    return "optim" if name == "model" else f"{name}_optim"
 
 
 def _trainable_part(model: nn.Module, state: dict) -> dict:
@@ -194,35 +203,36 @@ def load_checkpoint(
     world: World,
     *,
     trainable_only: bool = False,
+    extras: dict[str, tuple[nn.Module, torch.optim.Optimizer | None]] | None = None,
 ) -> None:
     """Model, optimizer and this rank's RNG states, re-sharded to the current world.
 
     Without an optimizer only the weights are read: a new stage starts a fresh optimizer.
     `trainable_only` reads a checkpoint saved with it into a model that already holds the
-    base weights.
+    base weights. `extras` are read back as `save_checkpoint` wrote them.
     """
     train_state = str(Path(checkpoint) / "train_state")
     options = StateDictOptions(strict=not trainable_only)
-    if optimizer is None:
-        model_state = get_model_state_dict(model)
-    else:
-        model_state, optim_state = get_state_dict(model, optimizer)
-    if trainable_only:
-        model_state = _trainable_part(model, model_state)
-    state = {"model": model_state}
-    if optimizer is not None:
-        state["optim"] = optim_state
+    modules = {"model": (model, optimizer), **(extras or {})}
+    state = {}
+    for name, (module, module_optimizer) in modules.items():
+        if module_optimizer is None:
+            module_state = get_model_state_dict(module)
+        else:
+            module_state, state[_optim_key(name)] = get_state_dict(module, module_optimizer)
+        state[name] = _trainable_part(module, module_state) if trainable_only else module_state
     _dcp_load(state, train_state)
-    if optimizer is None:
-        set_model_state_dict(model, state["model"], options=options)
-    else:
-        set_state_dict(
-            model,
-            optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-            options=options,
-        )
+    for name, (module, module_optimizer) in modules.items():
+        if module_optimizer is None:
+            set_model_state_dict(module, state[name], options=options)
+        else:
+            set_state_dict(
+                module,
+                module_optimizer,
+                model_state_dict=state[name],
+                optim_state_dict=state[_optim_key(name)],
+                options=options,
+            )
     rng_file = Path(checkpoint) / f"rng-rank{world.rank}.json"
     if rng_file.is_file():  # absent when resuming on more ranks than saved
         _set_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))

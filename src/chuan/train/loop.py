@@ -90,7 +90,7 @@ class PretrainResult:
     signal: int | None = None
 
 
-class _RateWindow:
+class RateWindow:
     """Tokens per second since the last logged record."""
 
     def __init__(self):
@@ -313,14 +313,14 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _grad_norm(model: nn.Module, max_norm: float) -> float:
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     norm = torch.nn.utils.clip_grad_norm_(_trainable(model), max_norm if max_norm > 0 else math.inf)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
     return float(norm)
 
 
-def _stop_everywhere(flag: _StopFlag, world: World) -> bool:
+def stop_everywhere(flag: _StopFlag, world: World) -> bool:
     """All ranks stop together if any rank was signalled."""
     if not world.distributed:
         return flag.requested
@@ -507,7 +507,7 @@ class Trainer:
             if resumed_mid_stage:
                 scheduler.load_state_dict(state.scheduler)
         bad_in_a_row = 0
-        window = _RateWindow()
+        window = RateWindow()
         while state.stage_step < plan.steps:
             step = state.stage_step
             batches = [
@@ -515,7 +515,7 @@ class Trainer:
                 for micro in range(cfg.grad_accum)
             ]
             stats = self.train_step(model, batches)
-            stats["grad_norm"] = _grad_norm(base, cfg.optim.grad_clip)
+            stats["grad_norm"] = clip_grad_norm(base, cfg.optim.grad_clip)
             stats["lr"] = scheduler.get_last_lr()[0]
             finite = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
             if finite:
@@ -548,7 +548,7 @@ class Trainer:
                     )
             if cfg.eval.every and state.step % cfg.eval.every == 0:
                 self._evaluate_and_log()
-            stopping = _stop_everywhere(stop, world)
+            stopping = stop_everywhere(stop, world)
             stage_done = state.stage_step == plan.steps
             if stopping or stage_done or state.step % cfg.checkpoint.every == 0:
                 state.scheduler = scheduler.state_dict()

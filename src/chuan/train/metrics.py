@@ -102,7 +102,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, given: float | None) ->
 def plot_losses(records: list[dict], out: Path) -> Path | None:
     """Training (and held-out) loss against step; None when there is nothing to plot."""
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    held = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
     if not train:
         return None
     import matplotlib
@@ -116,6 +116,32 @@ def plot_losses(records: list[dict], out: Path) -> Path | None:
         ax.plot(*zip(*held, strict=False), "o-", label="held-out loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_metrics(
+    records: list[dict], keys: list[str], out: Path, *, xlabel: str, ylabel: str
+) -> Path | None:
+    """Each of `keys` (where logged) against step, on one set of axes; None when none is."""
+    series = {k: [(r["step"], r[k]) for r in records if r.get(k) is not None] for k in keys}
+    series = {k: points for k, points in series.items() if points}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        ax.plot(*zip(*points, strict=False), label=key, linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
