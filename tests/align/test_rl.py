@@ -260,7 +260,7 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path, base_dir, reward_model
         return write_config(tmp_path / f"{name}.yaml", cfg)
 
     finish(chuan_process("ppo", config("reference")))
-    steps = random.Random().randrange(1, 4)
+    steps = random.Random().randrange(2, 5)  # a checkpoint is written after each logged step
     run = config("run")
     kill_after(chuan_process("ppo", run), tmp_path / "run", steps)
     assert latest_checkpoint(tmp_path / "run") is not None

@@ -9,6 +9,7 @@ peft never wraps the head (MedicalGPT#229 is the error a Linear-only tool hits t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ from chuan.model.convert import load_as_baichuan
 from chuan.model.modeling import BaichuanForSequenceClassification
 from chuan.tokenizer.chat_templates import get_template, record_template
 from chuan.tokenizer.hf import load_tokenizer
+from chuan.train.loop import eval_mode
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -173,3 +175,16 @@ def merge_adapter(
         out, model.config, model.state_dict(), side_files_from=side, overwrite=overwrite
     )
     return Path(out)
+
+
+@contextlib.contextmanager
+def reference_model(model: nn.Module, frozen: nn.Module | None):
+    """The reference a policy is compared with: the `frozen` copy, or, when there is none,
+    `model` (unwrapped from DDP) with its LoRA adapter switched off, in eval mode: the base,
+    with no second copy in memory."""
+    if frozen is not None:
+        yield frozen
+        return
+    base = getattr(model, "module", model)
+    with base.disable_adapter(), eval_mode(base):
+        yield base

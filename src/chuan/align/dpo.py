@@ -20,7 +20,6 @@ with the same guarantees.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chuan.align.adapters import reference_model
 from chuan.align.dpo_config import REFERENCE_FREE_LOSSES, DPOConfig
 from chuan.align.losses import dpo_loss, kto_loss, orpo_loss, sequence_logps, simpo_loss
 from chuan.align.pair_data import PairBatch, PairRows, kl_pairs
@@ -38,7 +38,7 @@ from chuan.align.sft import run_fine_tune
 from chuan.infer.loading import load_model
 from chuan.train.data import Batch
 from chuan.train.distributed import all_reduce
-from chuan.train.loop import PretrainResult, StagePlan, eval_mode
+from chuan.train.loop import PretrainResult, StagePlan
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +80,11 @@ class DPOTrainer(PairTrainer):
             gc.collect()
         return model
 
-    @contextlib.contextmanager
-    def _reference_model(self, model: nn.Module):
-        """The reference: the frozen copy, or `model` with its LoRA adapter switched off."""
-        if self.reference is not None:
-            yield self.reference
-            return
-        base = getattr(model, "module", model)
-        with base.disable_adapter(), eval_mode(base):
-            yield base
-
     @torch.no_grad()
     def _reference_logps(self, model: nn.Module, rows: PairRows, pairs: list[int]) -> torch.Tensor:
         """`[2B]` reference log-probs (chosen of each pair, then rejected), a pair at a time."""
         scores = torch.empty(2, len(pairs), dtype=torch.float64)
-        with self._reference_model(model) as reference:
+        with reference_model(model, self.reference) as reference:
             for i, row in enumerate(pairs):
                 batch = rows.rows_batch([row]).batch.to(self.world.device)
                 logps, _, _ = self._logps(reference, batch)

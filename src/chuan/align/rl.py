@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from chuan.align.adapters import apply_finetune
+from chuan.align.adapters import apply_finetune, reference_model
 from chuan.align.conversations import Conversation
 from chuan.align.prompts import PromptRecord, read_prompts
 from chuan.align.rewards import (
@@ -230,16 +230,6 @@ class RLTrainer(SFTTrainer):
     def needs_reference(self) -> bool:
         return True
 
-    @contextlib.contextmanager
-    def _reference_model(self, model: nn.Module):
-        """The frozen reference, or `model` with its LoRA adapter switched off."""
-        if self.reference is not None:
-            yield self.reference
-            return
-        base = getattr(model, "module", model)
-        with base.disable_adapter(), eval_mode(base):
-            yield base
-
     # -- one iteration -----------------------------------------------------------------------
 
     @property
@@ -304,7 +294,7 @@ class RLTrainer(SFTTrainer):
                 response_logps(model, part, cfg.rollout.temperature, self.autocast)[0]
             )
             if self.needs_reference:
-                with self._reference_model(model) as reference:
+                with reference_model(model, self.reference) as reference:
                     logps = response_logps(reference, part, cfg.rollout.temperature, self.autocast)
                 parts["ref"].append(logps[0])
             if self.critic is not None:

@@ -105,23 +105,8 @@ def plot_losses(records: list[dict], out: Path) -> Path | None:
     held = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
     if not train:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(*zip(*train, strict=False), label="train loss", linewidth=1)
-    if held:
-        ax.plot(*zip(*held, strict=False), "o-", label="held-out loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    lines = [(train, "train loss", "-")] + ([(held, "held-out loss", "o-")] if held else [])
+    return _plot(lines, out, "optimizer step", "cross-entropy (nats/token)")
 
 
 def plot_metrics(
@@ -129,17 +114,20 @@ def plot_metrics(
 ) -> Path | None:
     """Each of `keys` (where logged) against step, on one set of axes; None when none is."""
     series = {k: [(r["step"], r[k]) for r in records if r.get(k) is not None] for k in keys}
-    series = {k: points for k, points in series.items() if points}
-    if not series:
-        return None
+    lines = [(points, key, "-") for key, points in series.items() if points]
+    return _plot(lines, out, xlabel, ylabel) if lines else None
+
+
+def _plot(lines: list[tuple[list, str, str]], out: Path, xlabel: str, ylabel: str) -> Path:
+    """(points, label, format) lines on one set of axes, saved as a PNG at `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, points in series.items():
-        ax.plot(*zip(*points, strict=False), label=key, linewidth=1)
+    for points, label, fmt in lines:
+        ax.plot(*zip(*points, strict=False), fmt, label=label, linewidth=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
