@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chuan.align.adapters import reference_model
 from chuan.align.dpo import DPOTrainer, KTOTrainer, dpo
 from chuan.align.dpo_config import DPOConfig
 from chuan.align.pair_data import PairRows
@@ -109,7 +110,7 @@ def test_adapter_off_reference_is_the_base_model(tmp_path, base_dir, pairs):
         trainer.run(None)
         ids = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(0))
         base = load_model(base_dir, device="cpu", dtype="fp32").eval()
-        with torch.no_grad(), trainer._reference_model(trainer.model) as reference:
+        with torch.no_grad(), reference_model(trainer.model, trainer.reference) as reference:
             off = reference(input_ids=ids).logits
         with torch.no_grad():
             on = trainer.model.eval()(input_ids=ids).logits
