@@ -276,26 +276,48 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path, base_dir, reward_model
     assert rewards["reference"] == rewards["run"]
 
 
-def test_two_ranks_sample_and_learn_what_one_process_does(tmp_path, base_dir):
-    """GRPO on two torchrun ranks (gloo, DDP) with 2 prompts each against one process with
-    4: the same prompts and seeds, so the same completions and rewards; the updates agree
-    up to the order of summation."""
+@pytest.mark.parametrize(
+    "verb, strategy",
+    [("grpo", "ddp"), ("ppo", "fsdp")],
+)
+def test_two_ranks_sample_and_learn_what_one_process_does(
+    tmp_path, base_dir, reward_model, verb, strategy
+):
+    """Two torchrun ranks (gloo) with 2 prompts each against one process with 4: the same
+    prompts and seeds, so the same completions and rewards; the updates agree up to the order
+    of summation. GRPO trains a LoRA adapter under DDP; PPO trains every weight of the actor
+    and its critic under FSDP2, with the frozen reference and reward model sharded too, and
+    samples on gathered weights while each rank stops at its own rows' ends."""
     runs = {}
+    extra = {}
+    if verb == "ppo":
+        extra = {
+            "reward_function": None,
+            "reward_model": str(reward_model),
+            "critic_warmup": 1,
+            "finetune": "full",
+            "optim": {"lr": 1e-4},
+        }
     for name, per_rank in (("single", 4), ("ranks", 2)):
         cfg = _config(
             tmp_path / name,
             base_dir,
             group_size=2,
             rollout={"prompts": per_rank, "max_new_tokens": 16},
+            distributed={"strategy": strategy},
+            **extra,
         )
+        if verb == "ppo":
+            del cfg["group_size"]
         cfg["stages"][0]["steps"] = 3
         config = write_config(tmp_path / f"{name}.yaml", cfg)
-        finish(chuan_process("grpo", config, nproc=1 if name == "single" else 2))
+        finish(chuan_process(verb, config, nproc=1 if name == "single" else 2))
         runs[name] = [r for r in _metrics(tmp_path / name) if "reward" in r]
     for single, ranks in zip(runs["single"], runs["ranks"], strict=True):
-        assert single["reward"] == ranks["reward"] and single["tokens"] == ranks["tokens"]
+        assert single["reward"] == pytest.approx(ranks["reward"], abs=1e-6)
+        assert single["tokens"] == ranks["tokens"]
         assert ranks["loss"] == pytest.approx(single["loss"], abs=1e-5)
-    name = "adapter/adapter_model.safetensors"
+    name = "adapter/adapter_model.safetensors" if verb == "grpo" else "model/model.safetensors"
     single, ranks = load_file(tmp_path / "single" / name), load_file(tmp_path / "ranks" / name)
     for key in single:
         torch.testing.assert_close(ranks[key], single[key], atol=1e-5, rtol=0)

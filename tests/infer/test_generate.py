@@ -158,6 +158,27 @@ def test_draws_follow_the_filtered_distribution():
     assert counts[2] == 0 and abs(counts[0].item() / 2000 - 0.625) < 0.035
 
 
+def test_unfiltered_draws_follow_softmax_and_ignore_the_batch():
+    """Rows without top-k/top-p draw over the vocabulary unsorted: 4,000 seeded rows from
+    probs 0.2/0.5/0.3 at T 1 land about 20/50/30%, -inf logits are never drawn, and a row
+    draws the same tokens alone as beside filtered and greedy rows."""
+    logits = torch.tensor([[0.2, 0.5, 0.3, 0.0]]).log().expand(4000, -1)
+    configs = [SamplingConfig(temperature=1.0, top_k=0, top_p=1.0, seed=s) for s in range(4000)]
+    chosen = TokenChooser(configs, torch.device("cpu")).choose(logits, logits[:, :0].long())
+    shares = torch.bincount(chosen, minlength=4).double() / 4000
+    assert shares[3] == 0
+    torch.testing.assert_close(
+        shares[:3], torch.tensor([0.2, 0.5, 0.3]).double(), atol=0.03, rtol=0
+    )
+    free = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0, seed=5)
+    mixed = [SamplingConfig(temperature=0.7, top_k=2, seed=6), free, SamplingConfig()]
+    batch = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    alone, beside = TokenChooser([free], "cpu"), TokenChooser(mixed, "cpu")
+    for _ in range(20):
+        one = alone.choose(batch[1:2], batch[:1, :0].long())
+        assert beside.choose(batch, batch[:, :0].long())[1] == one[0]
+
+
 def test_seeded_sampling_is_reproducible_and_seed_dependent():
     model = _model("rope")
     cfg = SamplingConfig(max_new_tokens=16, temperature=1.0, top_k=50, seed=11)

@@ -81,7 +81,7 @@ from chuan.train.loop import (
 )
 from chuan.train.metrics import plot_metrics, read_metrics
 from chuan.train.optim import build_optimizer, build_scheduler
-from chuan.train.parallelize import parallelize, strategy_for, wrap_ddp
+from chuan.train.parallelize import parallelize, shard_fsdp, unsharded, wrap_ddp
 
 SHOWN_SAMPLES = 3  # sampled completions of the last iteration kept for the report
 
@@ -135,14 +135,6 @@ class RLTrainer(SFTTrainer):
     update_stats: tuple[str, ...] = ()  # what `_update` adds up for the log
 
     def __init__(self, cfg: RLConfig, world):
-        if cfg.distributed.strategy == "auto":
-            cfg.distributed.strategy = "ddp"  # see below: the one way RL runs under torchrun
-        if strategy_for(cfg.distributed.strategy, world) == "fsdp":
-            raise ConfigError(
-                f"chuan {self.verb} under torchrun runs with `distributed.strategy: ddp` (each "
-                "rank generates its rollouts with a whole copy of the policy); FSDP sharding "
-                "is not supported for RL yet"
-            )
         self.reference: nn.Module | None = None
         self.scorer: nn.Module | None = None
         # The reward is checked first: a wrong name fails before any model loads.
@@ -219,6 +211,10 @@ class RLTrainer(SFTTrainer):
             self.reference.requires_grad_(False)
         if cfg.reward_model is not None:
             self.scorer = load_scorer(cfg.reward_model, model.config.vocab_size, device)
+        if self.strategy == "fsdp":  # the frozen models are sharded too; each rank runs the
+            for frozen in (self.reference, self.scorer):  # same number of forwards on them
+                if frozen is not None:
+                    shard_fsdp(frozen, self.world)
         if self.uses_critic:
             source = cfg.critic or cfg.reward_model or cfg.model
             critic = apply_finetune(load_reward_model(source), cfg)
@@ -229,6 +225,15 @@ class RLTrainer(SFTTrainer):
     @property
     def needs_reference(self) -> bool:
         return True
+
+    @property
+    def old_from_update(self) -> bool:
+        """Whether the log-probs before the update come from the update's own forward: with
+        one epoch of one minibatch the weights have not moved when it runs, so a separate
+        scoring pass would compute the same numbers (TRL's GRPO skips it the same way). PPO
+        needs them earlier, for its per-token KL rewards."""
+        cfg = self.cfg
+        return not self.uses_critic and cfg.ppo_epochs == 1 and cfg.minibatches == 1
 
     # -- one iteration -----------------------------------------------------------------------
 
@@ -252,7 +257,7 @@ class RLTrainer(SFTTrainer):
         prompts = [rows.ids[i] for i in indices for _ in range(self.group_size)]
         configs = [self._sampling(s) for s in seeds]
         base = getattr(model, "module", model)
-        with eval_mode(base):
+        with eval_mode(base), unsharded(base):
             return sample(base, prompts, configs).to(self.world.device)
 
     def _scores(self, rollout: Rollout, records: list[PromptRecord]) -> torch.Tensor:
@@ -290,9 +295,12 @@ class RLTrainer(SFTTrainer):
         parts: dict[str, list[torch.Tensor]] = {"old": [], "ref": [], "values": []}
         for micro in self._micro_batches(range(len(rollout.completions))):
             part = rollout.rows(micro)
-            parts["old"].append(
-                response_logps(model, part, cfg.rollout.temperature, self.autocast)[0]
-            )
+            if self.old_from_update:
+                parts["old"].append(torch.zeros_like(part.response_mask))
+            else:
+                parts["old"].append(
+                    response_logps(model, part, cfg.rollout.temperature, self.autocast)[0]
+                )
             if self.needs_reference:
                 with reference_model(model, self.reference) as reference:
                     logps = response_logps(reference, part, cfg.rollout.temperature, self.autocast)
@@ -341,6 +349,8 @@ class RLTrainer(SFTTrainer):
                     logps, entropy = response_logps(
                         model, part, cfg.rollout.temperature, self.autocast, entropy=True
                     )
+                    if self.old_from_update:
+                        data["old"][micro] = logps.detach()
                     losses, clipped = policy_loss(
                         logps, data["old"][micro], data["advantages"][micro], cfg.clip
                     )
@@ -573,7 +583,7 @@ class RLTrainer(SFTTrainer):
         base = getattr(self.model, "module", self.model)
         for micro in self._micro_batches(range(len(rows))):
             prompts = [rows.ids[i] for i in micro]
-            with eval_mode(base):
+            with eval_mode(base), unsharded(base):
                 rollout = sample(base, prompts, [greedy] * len(prompts)).to(self.world.device)
             scores.append(self._scores(rollout, [rows.records[i] for i in micro]))
             lengths.append(rollout.lengths.cpu())
@@ -653,7 +663,8 @@ class PPOTrainer(RLTrainer):
         rewards = token_rewards(kl, scores.to(kl.dtype), mask, beta)
         advantages, returns = gae(rewards, scored["values"], mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask) * mask
+            total = functools.partial(all_reduce, world=self.world)
+            advantages = masked_whiten(advantages, mask, total=total) * mask
         return {"advantages": advantages, "returns": returns}
 
 

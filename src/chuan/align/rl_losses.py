@@ -19,6 +19,8 @@ of TRL ≤ 0.19, `trl/trainer/grpo_trainer.py`), so that a setting carries over:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -30,11 +32,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True):
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums,
+):
     """`values` scaled to unit variance (and zero mean unless `shift_mean` is False) over
-    the masked entries, as PPO implementations normalise advantages."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    the masked entries, as PPO implementations normalise advantages. `total` sums a tensor
+    over every rank, so that the statistics are the whole batch's: two ranks then whiten as
+    one process does."""
+    sums = total(torch.stack([(values * mask).sum(), mask.sum()]).double())
+    mean = (sums[0] / sums[1]).to(values.dtype)
+    squares = total((((values - mean) ** 2) * mask).sum().double()[None])[0]
+    var = (squares / sums[1]).to(values.dtype)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 

@@ -194,15 +194,22 @@ class TokenChooser:
 
     Greedy rows take the arg-max; sampling rows draw from their filtered distribution with
     their own `torch.Generator` when seeded (the global RNG otherwise), so a seeded row
-    draws the same tokens alone or in any batch.
+    draws the same tokens alone or in any batch. Rows without top-k and top-p (RL rollouts,
+    plain temperature sampling) draw over the vocabulary in id order and skip the sort,
+    which costs as much as the forward of a small model; whether a row sorts depends on its
+    own settings only, so the batch still cannot change its draws.
     """
 
     def __init__(self, configs: Sequence[SamplingConfig], device: torch.device):
         self.penalty = torch.tensor([c.repetition_penalty for c in configs], device=device)
         self.penalize = any(c.repetition_penalty != 1.0 for c in configs)
-        self.sampled_rows = [i for i, c in enumerate(configs) if not c.greedy]
-        self.params = FilterParams.from_configs([configs[i] for i in self.sampled_rows], device)
-        self.generators = [_generator(configs[i].seed, device) for i in self.sampled_rows]
+        sampled = [i for i, c in enumerate(configs) if not c.greedy]
+        filtered = [i for i in sampled if configs[i].top_k > 0 or configs[i].top_p < 1.0]
+        self.groups = [
+            _SampledRows(rows, [configs[i] for i in rows], device, sort=rows is filtered)
+            for rows in (filtered, [i for i in sampled if i not in filtered])
+            if rows
+        ]
 
     def choose(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Token ids `[B]` for fp32 `logits` `[B, V]`; `history` `[B, T]` holds every token
@@ -211,12 +218,31 @@ class TokenChooser:
         if self.penalize:
             logits = apply_repetition_penalty(logits, history, self.penalty)
         tokens = logits.argmax(-1)
-        if self.sampled_rows:
-            values, ids = candidate_tokens(logits[self.sampled_rows], self.params)
-            tokens[self.sampled_rows] = ids.gather(1, self._draw(values)).squeeze(1)
+        for group in self.groups:
+            tokens[group.rows] = group.draw(logits[group.rows])
         return tokens
 
-    def _draw(self, values: torch.Tensor) -> torch.Tensor:
+
+class _SampledRows:
+    """Sampling rows of a batch that share a path: filtered (sorted candidates) or not."""
+
+    def __init__(self, rows: list[int], configs, device: torch.device, sort: bool):
+        self.rows = rows
+        self.sort = sort
+        self.params = FilterParams.from_configs(configs, device)
+        self.generators = [_generator(c.seed, device) for c in configs]
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token id per row of `logits` `[R, V]`."""
+        if not self.sort:
+            scaled = logits / self.params.temperature[:, None]
+            return self._index(scaled, last=scaled.shape[-1] - 1)[:, 0]
+        values, ids = candidate_tokens(logits, self.params)
+        # The kept candidates are a prefix; rounding must never step past it.
+        kept = torch.isfinite(values).sum(-1, keepdim=True)
+        return ids.gather(1, self._index(values, last=kept - 1))[:, 0]
+
+    def _index(self, values: torch.Tensor, last: torch.Tensor | int) -> torch.Tensor:
         """One index per row into `values` `[R, m]`, drawn from `softmax(values)` by inverting
         the CDF with one uniform number from each row's generator. Unlike `torch.multinomial`,
         the draw does not depend on `m`, which the other rows of a batch decide."""
@@ -225,9 +251,7 @@ class TokenChooser:
             [torch.rand((), generator=g, device=values.device) for g in self.generators]
         )
         index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
-        # The kept tokens are a prefix; rounding must never step past it.
-        kept = torch.isfinite(values).sum(-1, keepdim=True)
-        return torch.minimum(index, kept - 1)
+        return index.clamp(max=last) if isinstance(last, int) else torch.minimum(index, last)
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:

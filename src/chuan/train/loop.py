@@ -350,10 +350,10 @@ class Trainer:
         self.autocast = autocast_dtype(cfg.precision, world.device)
         # The data first: a wrong path fails before any model is built.
         self.plans, self.eval_rows = self.build_data()
+        self.strategy = strategy_for(cfg.distributed.strategy, world)
         self.model = parallelize(self.build_model().to(world.device), cfg, world)
         self.model.train()
         self.config = self.model.config
-        self.strategy = strategy_for(cfg.distributed.strategy, world)
         self.row_length = self.plans[0].rows.row_length
         self.flops_per_token = training_flops_per_token(self.config, self.row_length)
         self.peak, self.peak_source = peak_flops(

@@ -6,6 +6,9 @@ train, and a stage may freeze some."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from chuan.train.config import PretrainConfig
@@ -50,6 +53,31 @@ def shard_fsdp(model: nn.Module, world: World) -> nn.Module:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with whole parameters on every rank for the block, resharded after it.
+
+    A sharded forward all-gathers, so every rank must run the same number of forwards; a
+    block whose count differs between ranks (sampling, where each rank stops when its own
+    rows end) runs on gathered weights instead, as DeepSpeed-Chat's hybrid engine does for
+    PPO rollouts. Entering is one collective on every rank; a model without FSDP units
+    passes through unchanged.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            # as `shard_fsdp` left them: layers reshard after forward, the root keeps its own
+            unit.set_reshard_after_forward(unit is not model, recurse=False)
 
 
 def wrap_ddp(model: nn.Module, world: World) -> nn.Module:
