@@ -116,6 +116,9 @@ def test_grpo_learns_a_reward_function(tmp_path, base_dir):
     assert report["held_out_last"]["eval_reward"] > report["held_out_first"]["eval_reward"]
     assert report["samples_last_iteration"] and (tmp_path / "run" / "rewards.png").is_file()
     assert (result.model_dir / "model.safetensors").is_file()
+    markdown = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    prompts = report["data"]["samples"]
+    assert f"- {prompts:,} prompts, " in markdown and "fill" not in markdown  # no rows in RL
 
 
 def test_a_huge_kl_coefficient_keeps_the_policy_at_the_reference(tmp_path, base_dir):

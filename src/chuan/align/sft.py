@@ -230,9 +230,12 @@ class SFTTrainer(Trainer):
             f"- mixed: {', '.join(f'{k}: {v:,}' for k, v in stats['mixed'].items())}",
             f"- truncated (oldest rounds cut): {stats['truncated']:,}; dropped (last round "
             f"longer than max_length): {stats['dropped_too_long']:,}",
+            # RL verbs read prompts only: no rows are built and no token carries a label.
             f"- {stats['samples']:,} {self.samples} in {stats['rows']:,} rows, fill "
             f"{stats['fill']:.1%}; loss on {stats['trained_tokens']:,} of {stats['tokens']:,} "
-            f"tokens ({stats['trained_fraction']:.1%}: answers and their end tokens)",
+            f"tokens ({stats['trained_fraction']:.1%}: answers and their end tokens)"
+            if stats["rows"]
+            else f"- {stats['samples']:,} {self.samples}, {stats['tokens']:,} tokens",
         ]
         if self.replies:
             lines += ["", "## Replies (greedy) before and after", ""]
