@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,60 @@ def test_short_texts_are_one_shingle_and_stay_distinct():
     assert [minhash.shingle_strings(t) for t in texts[:4]] == [
         {"你好"}, {"早上好"}, {"thank you"}, {"good night"}
     ]  # fmt: skip
-    signatures = minhash.MinHasher(64).signatures([minhash.shingle_hashes(t) for t in texts])
+    signatures = _signatures(minhash.MinHasher(64), texts)
     assert len({row.tobytes() for row in signatures}) == len(texts)
+
+
+def _signatures(hasher: minhash.MinHasher, texts: list[str]) -> np.ndarray:
+    return hasher.signatures(*minhash.form_hashes(minhash.shingle_forms(texts)))
+
+
+_CJK = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]"
+
+
+def _python_form(text: str) -> tuple[str, bool]:
+    """The shingle form by `re` per document, the independent reference of the batched one."""
+    spaced = re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", text).lower()).strip()
+    squeezed = spaced.replace(" ", "")
+    cjk = len(re.findall(_CJK, squeezed))
+    by_chars = cjk > 0 and cjk >= minhash.CJK_SHARE * len(squeezed)
+    return (squeezed if by_chars else spaced), by_chars
+
+
+def test_batch_forms_equal_a_regex_pass_per_document(originals):
+    """The batched forms (table lookups over the code points of many documents) equal a regex
+    pass per document on real zh/en text, full-width forms, underscores, marks and empty
+    documents included."""
+    docs = originals["zh"] + originals["en"]
+    docs += ["ＡＢＣ　ｄｅｆ，Ｇｈｉ！", "snake_case__name", "café naïve", "", "。。。", "Ⅻ ½ ①"]
+    forms = minhash.shingle_forms(docs)
+    got = [(forms.text(d), bool(forms.by_chars[d])) for d in range(len(docs))]
+    assert got == [_python_form(d) for d in docs]
+    assert minhash.shingle_form("ＡＢＣ　ｄｅｆ，Ｇｈｉ！") == ("abc def ghi", False)
+
+
+def test_batch_forms_equal_a_regex_pass_for_every_code_point():
+    """Every code point between two letters, in one batch: the lookup tables give what `re`'s
+    `[\\W_]` and the CJK ranges give (NFKC expansions and case mappings included)."""
+    texts = [f"a{chr(c)}b" for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    forms = minhash.shingle_forms(texts)
+    mismatches = [
+        (t, forms.text(d), _python_form(t))
+        for d, t in enumerate(texts)
+        if (forms.text(d), bool(forms.by_chars[d])) != _python_form(t)
+    ]
+    assert not mismatches[:5]
+
+
+def test_batch_hashes_equal_each_document_alone(originals):
+    """One batch of mixed Chinese, English, short and empty documents gives every document the
+    hashes it gets alone: spans never cross a document boundary."""
+    docs = originals["zh"][:6] + ["你好", "", "Good night", "。"] + originals["en"][:6]
+    hashes, counts = minhash.form_hashes(minhash.shingle_forms(docs))
+    assert counts.sum() == len(hashes) and (counts >= 1).all()
+    alone = [minhash.shingle_hashes(d) for d in docs]
+    assert [len(a) for a in alone] == counts.tolist()
+    assert np.array_equal(hashes, np.concatenate(alone))
 
 
 def test_vectorised_hashes_agree_with_shingle_strings(originals):
@@ -147,15 +200,14 @@ def test_minhash_estimates_exact_jaccard_and_blocks_do_not_change_it(originals):
         for doc in docs[:30]:
             other = _edit(doc, rng.uniform(0.01, 0.1), rng, pools[lang])
             exact = _exact_jaccard(minhash.shingle_strings(doc), minhash.shingle_strings(other))
-            sig = hasher.signatures([minhash.shingle_hashes(doc), minhash.shingle_hashes(other)])
+            sig = _signatures(hasher, [doc, other])
             errors.append((sig[0] == sig[1]).mean() - exact)
     errors = np.array(errors)
     assert abs(errors.mean()) < 0.015
     assert np.abs(errors).max() < 0.15  # 4.5 sigma of a 256-permutation estimate
-    hashes = [minhash.shingle_hashes(d) for d in originals["zh"][:8]]
-    whole = hasher.signatures(hashes)
+    whole = _signatures(hasher, originals["zh"][:8])
     hasher.block_rows = 17
-    assert (hasher.signatures(hashes) == whole).all()
+    assert (_signatures(hasher, originals["zh"][:8]) == whole).all()
 
 
 def test_union_find_matches_breadth_first_components():

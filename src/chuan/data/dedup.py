@@ -32,6 +32,7 @@ Documents are counted once: `kept + rejected == read`, where `read` counts malfo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -66,7 +67,7 @@ SENTENCE_MIN_CHARS = 10
 PREVIEW_CHARS = 80
 EXAMPLE_CLUSTERS = 5
 EXAMPLE_MEMBERS = 5
-# Documents per MinHasher call: enough to amortise numpy's per-call cost.
+# Documents per batch: enough to amortise Arrow's and numpy's per-call cost.
 _BATCH_DOCS = 256
 # Sentence ends: CJK and ASCII terminators and newlines; "." and ";" only before whitespace.
 _SENTENCE_END = re.compile(r"(?<=[。！？；…!?\n])|(?<=[.;])(?=\s)")
@@ -98,6 +99,8 @@ class DedupConfig:
             "seed": self.seed,
             "sentences": self.sentence_max_repeats > 0,
             "sentence_min_chars": self.sentence_min_chars,
+            # Shingle forms on code points, digests of their UTF-32 bytes (chuan 0.1 used UTF-8).
+            "forms": 2,
         }
 
 
@@ -226,20 +229,22 @@ def split_sentences(text: str) -> list[str]:
     return [piece for piece in _SENTENCE_END.split(text) if piece]
 
 
-def sentence_key(sentence: str, min_chars: int = SENTENCE_MIN_CHARS) -> int:
-    """64-bit key of a sentence's squeezed form (case, width, punctuation and spaces ignored);
-    0 for sentences too short to deduplicate."""
-    squeezed = minhash.squeeze(sentence)
-    if len(squeezed) < min_chars:
-        return 0
-    digest = hashlib.blake2b(squeezed.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+def sentence_keys_of(sentences: list[str], min_chars: int = SENTENCE_MIN_CHARS) -> list[int]:
+    """64-bit keys of the sentences' squeezed forms (case, width, punctuation and spaces
+    ignored); 0 for sentences too short to deduplicate."""
+    forms = minhash.squeezed_forms(sentences)
+    short = np.diff(forms.offsets) < min_chars
+    return [0 if short[i] else _digest(forms.data(i), 8)[0] or 1 for i in range(len(forms))]
 
 
-def exact_digest(form: str, by_chars: bool) -> tuple[int, int]:
-    """128-bit digest of a document's shingle form, as two 64-bit halves."""
-    digest = hashlib.blake2b(f"{int(by_chars)}{form}".encode(), digest_size=16).digest()
-    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+def exact_digests(forms: minhash.Forms) -> list[tuple[int, int]]:
+    """128-bit digests of documents' shingle forms, as two 64-bit halves."""
+    return [_digest(bytes([int(c)]) + forms.data(i), 16) for i, c in enumerate(forms.by_chars)]
+
+
+def _digest(data: bytes, size: int) -> tuple[int, ...]:
+    digest = hashlib.blake2b(data, digest_size=size).digest()
+    return tuple(int.from_bytes(digest[i : i + 8], "little") for i in range(0, size, 8))
 
 
 def quality_of(record: dict) -> float:
@@ -288,23 +293,16 @@ def signature_shard(name: str, path: Path, folder: Path, params: DedupConfig) ->
     columns: dict[str, list] = {k: [] for k in ("line", "exact", "quality", "preview")}
     sentence_keys: list[int] = []
     sentence_counts: list[int] = []
-    signatures, pending = [], []
-    for line, record in shard_records(path, stats, None):
-        text = record["text"]
-        form, by_chars = minhash.shingle_form(text)
-        pending.append(minhash.form_hashes(form, by_chars, params.ngram))
-        columns["line"].append(line)
-        columns["exact"].append(exact_digest(form, by_chars))
-        columns["quality"].append(quality_of(record))
-        columns["preview"].append(text[:PREVIEW_CHARS])
-        keys = _sentence_keys(text, params)
-        sentence_keys.extend(keys)
-        sentence_counts.append(len(keys))
-        if len(pending) == _BATCH_DOCS:
-            signatures.append(hasher.signatures(pending))
-            pending = []
-    if pending:
-        signatures.append(hasher.signatures(pending))
+    signatures = []
+    records = shard_records(path, stats, None)
+    while batch := list(itertools.islice(records, _BATCH_DOCS)):
+        texts = [record["text"] for _, record in batch]
+        columns["line"].extend(line for line, _ in batch)
+        columns["quality"].extend(quality_of(record) for _, record in batch)
+        columns["preview"].extend(text[:PREVIEW_CHARS] for text in texts)
+        signatures.append(
+            _signature_batch(texts, hasher, params, columns, sentence_keys, sentence_counts)
+        )
     arrays = {
         "signatures": np.concatenate(signatures or [np.zeros((0, params.num_perm), np.uint32)]),
         "line": np.array(columns["line"], np.int64),
@@ -322,10 +320,26 @@ def signature_shard(name: str, path: Path, folder: Path, params: DedupConfig) ->
     return count
 
 
-def _sentence_keys(text: str, params: DedupConfig) -> list[int]:
-    if params.sentence_max_repeats <= 0:
-        return []
-    return [sentence_key(s, params.sentence_min_chars) for s in split_sentences(text)]
+def _signature_batch(
+    texts: list[str],
+    hasher: minhash.MinHasher,
+    params: DedupConfig,
+    columns: dict[str, list],
+    sentence_keys_out: list[int],
+    sentence_counts: list[int],
+) -> np.ndarray:
+    """Signatures of a batch of texts; appends their exact digests and sentence keys."""
+    forms = minhash.shingle_forms(texts)
+    columns["exact"].extend(exact_digests(forms))
+    if params.sentence_max_repeats > 0:
+        pieces = [split_sentences(text) for text in texts]
+        sentence_keys_out.extend(
+            sentence_keys_of([p for doc in pieces for p in doc], params.sentence_min_chars)
+        )
+        sentence_counts.extend(len(doc) for doc in pieces)
+    else:
+        sentence_counts.extend([0] * len(texts))
+    return hasher.signatures(*minhash.form_hashes(forms, params.ngram))
 
 
 # ---------------------------------------------------------------- pass 2: decisions

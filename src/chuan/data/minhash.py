@@ -11,8 +11,8 @@ Shingles (see docs/data.md, "Deduplication"):
   `ngram` units is one shingle, so short texts keep distinct signatures instead of all sharing an
   empty one (the fault fixed by OpenDCAI/DataFlow#526).
 
-Hashing is vectorised numpy, no Python loop per shingle (per-token Python hashing crawls,
-datajuicer/data-juicer#849):
+Hashing is vectorised numpy over a whole batch of documents, no Python loop per shingle or per
+document (per-token Python hashing crawls, datajuicer/data-juicer#849):
 
 - a shingle is a span of the normalised text; its hash is a polynomial over the span's code
   points modulo 2^64, computed for all spans at once from one prefix sum, then scrambled with
@@ -33,9 +33,9 @@ num_perm / 2 + 1 nodes computes them exactly (no scipy needed).
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -49,55 +49,117 @@ CJK_SHARE = 0.2
 BLOCK_BYTES = 8 << 20
 S_CURVE_POINTS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
-_NON_WORD = re.compile(r"[\W_]+")
-# What `_NON_WORD` matches among ASCII characters, mapped to a space.
-_ASCII_NON_WORD = {c: " " for c in range(128) if not chr(c).isalnum()}
 # Kana, CJK ideographs (with extension A and compatibility forms), Hangul, extensions B-G.
-_CJK = re.compile(
-    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]"
-)
+_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF),
+               (0xF900, 0xFAFF), (0x20000, 0x3134F))  # fmt: skip
 # Odd base of the polynomial span hash; odd, so it is invertible modulo 2^64.
 _BASE = 0x9E3779B97F4A7C15
 _BASE_INV = pow(_BASE, -1, 1 << 64)
 _U32 = np.uint64(32)
+_SPACE = ord(" ")
 
 
-def fold(text: str) -> str:
-    """NFKC and lower case: full-width forms, ligatures and case stop mattering."""
-    return unicodedata.normalize("NFKC", text).lower()
+@lru_cache(maxsize=1)
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per code point: is it a letter or digit (`str.isalnum`, what Python's `[\\W_]` leaves
+    out), and is it CJK. Built once per process (about 0.1 s), then one numpy lookup per batch
+    replaces a regex pass per document."""
+    word = np.fromiter((chr(c).isalnum() for c in range(0x110000)), bool, 0x110000)
+    cjk = np.zeros(0x110000, bool)
+    for lo, hi in _CJK_RANGES:
+        cjk[lo : hi + 1] = True
+    return word, cjk
+
+
+@dataclass
+class Forms:
+    """A batch of documents in their shingle forms, as code points: `codes[offsets[d] :
+    offsets[d + 1]]` is document d's form, shingled by characters where `by_chars[d]`."""
+
+    codes: np.ndarray  # uint32
+    offsets: np.ndarray  # int64, documents + 1
+    by_chars: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return len(self.by_chars)
+
+    def text(self, d: int) -> str:
+        return self.data(d).decode("utf-32-le")
+
+    def data(self, d: int) -> bytes:
+        return self.codes[self.offsets[d] : self.offsets[d + 1]].tobytes()
+
+
+def shingle_forms(texts: Sequence[str]) -> Forms:
+    """The shingle forms of a batch: NFKC and lower case; then a CJK document (letters and
+    digits at least `CJK_SHARE` CJK) keeps only its letters and digits, any other document its
+    words (runs of letters and digits) joined by single spaces.
+
+    Normalisation is `unicodedata` per document; everything after it runs on the code points
+    of the whole batch at once (table lookups, cumulative sums), about 5x faster than a regex
+    pass per document."""
+    codes, doc, offsets = _folded_codes(texts)
+    if not len(codes):
+        return Forms(codes, np.zeros(len(texts) + 1, np.int64), np.zeros(len(texts), bool))
+    word_table, cjk_table = _tables()
+    word = word_table[codes]
+    letters = np.bincount(doc[word], minlength=len(texts))
+    cjk = np.bincount(doc[word & cjk_table[codes]], minlength=len(texts))
+    by_chars = (cjk > 0) & (cjk >= CJK_SHARE * letters)
+    # In word documents the first non-word character of each gap between two words becomes
+    # the separating space: one follows a word character of its document, and a word character
+    # of its document comes later.
+    words_through = np.cumsum(word)
+    after = words_through[np.maximum(offsets[1:] - 1, 0)][doc] - words_through
+    previous_is_word = np.zeros(len(codes), bool)
+    previous_is_word[1:] = word[:-1] & (doc[1:] == doc[:-1])
+    gap = ~word & previous_is_word & (after > 0) & ~by_chars[doc]
+    keep = word | gap
+    form_codes = np.where(gap, np.uint32(_SPACE), codes)[keep]
+    form_offsets = np.concatenate(([0], np.cumsum(np.bincount(doc[keep], minlength=len(texts)))))
+    return Forms(form_codes, form_offsets, by_chars)
+
+
+def shingle_form(text: str) -> tuple[str, bool]:
+    """`shingle_forms` of one text, as (form, by characters?)."""
+    forms = shingle_forms([text])
+    return forms.text(0), bool(forms.by_chars[0])
 
 
 def squeeze(text: str) -> str:
     """`text` folded, with every punctuation and whitespace character removed (the Chinese
-    shingling form, and the key of exact dedup)."""
-    return _NON_WORD.sub("", fold(text))
+    shingling form, and the key of sentence dedup)."""
+    return squeezed_forms([text]).text(0)
+
+
+def squeezed_forms(texts: Sequence[str]) -> Forms:
+    """Every text folded with only its letters and digits kept (`by_chars` all true)."""
+    codes, doc, _ = _folded_codes(texts)
+    word = _tables()[0][codes]
+    offsets = np.concatenate(([0], np.cumsum(np.bincount(doc[word], minlength=len(texts)))))
+    return Forms(codes[word], offsets, np.ones(len(texts), bool))
 
 
 def is_cjk(squeezed: str) -> bool:
     """Whether a squeezed text is shingled by characters (its CJK share >= `CJK_SHARE`)."""
-    if squeezed.isascii():
-        return False
-    cjk = len(squeezed) - len(_CJK.sub("", squeezed))
-    return cjk >= CJK_SHARE * len(squeezed)
+    return bool(shingle_forms([squeezed]).by_chars[0])
 
 
-def shingle_form(text: str) -> tuple[str, bool]:
-    """(normalised text, by characters?): the squeezed text for CJK documents, else the folded
-    words joined by single spaces (one regex pass serves both)."""
-    folded = fold(text)
-    if folded.isascii():  # the common English case: str.translate is ~10x faster than the regex
-        spaced = " ".join(folded.translate(_ASCII_NON_WORD).split())
-    else:
-        spaced = _NON_WORD.sub(" ", folded).strip()
-    squeezed = spaced.replace(" ", "")
-    if is_cjk(squeezed):
-        return squeezed, True
-    return spaced, False
+def _folded_codes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code points of all texts after NFKC and lower case, document of each, offsets)."""
+    # ASCII is its own NFKC form, and `isascii` is a flag lookup.
+    folded = [
+        (text if text.isascii() else unicodedata.normalize("NFKC", text)).lower() for text in texts
+    ]
+    lengths = np.fromiter(map(len, folded), np.int64, len(folded))
+    codes = np.frombuffer("".join(folded).encode("utf-32-le"), dtype=np.uint32)
+    doc = np.repeat(np.arange(len(folded)), lengths)
+    return codes, doc, np.concatenate(([0], np.cumsum(lengths)))
 
 
 def shingle_strings(text: str, ngram: int | None = None) -> set[str]:
     """The shingle set as strings: the plain reference that `shingle_hashes` vectorises (used by
-    tests and to feed other MinHash implementations the same shingles)."""
+    tests)."""
     n = ngram or NGRAM
     form, by_chars = shingle_form(text)
     units: Sequence[str] = form if by_chars else form.split()
@@ -109,31 +171,60 @@ def shingle_strings(text: str, ngram: int | None = None) -> set[str]:
 
 def shingle_hashes(text: str, ngram: int | None = None) -> np.ndarray:
     """32-bit hashes (as uint64) of the shingles of `text`: one per span, duplicates allowed."""
-    return form_hashes(*shingle_form(text), ngram)
+    hashes, _ = form_hashes(shingle_forms([text]), ngram)
+    return hashes
 
 
-def form_hashes(form: str, by_chars: bool, ngram: int | None = None) -> np.ndarray:
-    """`shingle_hashes` of a text already in its `shingle_form`."""
+def form_hashes(forms: Forms, ngram: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, counts): the 32-bit shingle hashes (as uint64) of a batch of forms, document
+    after document, and how many belong to each document (at least one)."""
     n = ngram or NGRAM
-    codes = np.frombuffer(form.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    starts, ends = _shingle_spans(codes, n, by_chars)
-    return _fmix64(_span_hashes(codes, starts, ends)) >> _U32
+    codes = forms.codes.astype(np.uint64)
+    starts, ends, counts = _shingle_spans(codes, forms.offsets, forms.by_chars, n)
+    return _fmix64(_span_hashes(codes, starts, ends)) >> _U32, counts
 
 
-def _shingle_spans(codes: np.ndarray, n: int, by_chars: bool) -> tuple[np.ndarray, np.ndarray]:
-    """[start, end) code-point spans of the n-gram shingles; one whole-text span when short."""
-    if by_chars:
-        count = len(codes) - n + 1
-        if count <= 1:
-            return np.zeros(1, np.int64), np.array([len(codes)], np.int64)
-        starts = np.arange(count, dtype=np.int64)
-        return starts, starts + n
-    spaces = np.flatnonzero(codes == ord(" "))
-    word_starts = np.concatenate(([0], spaces + 1))
-    word_ends = np.concatenate((spaces, [len(codes)]))
-    if len(word_starts) <= n:
-        return np.zeros(1, np.int64), np.array([len(codes)], np.int64)
-    return word_starts[: len(word_starts) - n + 1], word_ends[n - 1 :]
+def _shingle_spans(
+    codes: np.ndarray, offsets: np.ndarray, by_chars: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[start, end) spans (positions in the concatenated batch) of the n-gram shingles of every
+    document, in document order, and their count per document; a document shorter than n units
+    is one whole-text span."""
+    lengths = np.diff(offsets)
+    # Units and their [start, end) per document: characters, or words between single spaces
+    # (only word forms contain spaces, and no form starts or ends with one).
+    spaces = np.flatnonzero(codes == _SPACE)
+    words = np.bincount(np.searchsorted(offsets, spaces, "right") - 1, minlength=len(lengths)) + 1
+    units = np.where(by_chars, lengths, words)
+    counts = np.where(units > n, units - n + 1, 1)
+    # Word boundaries of the non-empty word documents, in position order (masks, not a sort).
+    listed = ~by_chars & (lengths > 0)
+    boundary = np.zeros(len(codes) + 1, bool)
+    boundary[offsets[:-1][listed]] = True
+    boundary[spaces + 1] = True
+    word_starts = np.flatnonzero(boundary)
+    boundary[:] = False
+    boundary[offsets[1:][listed]] = True
+    boundary[spaces] = True
+    word_ends = np.flatnonzero(boundary)
+    listed_words = np.where(listed, words, 0)
+    first_word = np.cumsum(listed_words) - listed_words
+
+    doc = np.repeat(np.arange(len(lengths)), counts)
+    k = np.arange(len(doc)) - np.repeat(np.cumsum(counts) - counts, counts)  # index in doc
+    short = (units <= n)[doc]
+    chars = by_chars[doc]
+    starts = np.empty(len(doc), np.int64)
+    ends = np.empty(len(doc), np.int64)
+    at = chars & ~short
+    starts[at] = offsets[doc[at]] + k[at]
+    ends[at] = starts[at] + n
+    at = ~chars & ~short
+    starts[at] = word_starts[first_word[doc[at]] + k[at]]
+    ends[at] = word_ends[first_word[doc[at]] + k[at] + n - 1]
+    starts[short] = offsets[doc[short]]
+    ends[short] = offsets[doc[short] + 1]
+    return starts, ends, counts
 
 
 def _span_hashes(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -180,14 +271,14 @@ class MinHasher:
         self.b = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64)
         self.block_rows = max(1, BLOCK_BYTES // (8 * num_perm))
 
-    def signatures(self, shingles: Sequence[np.ndarray]) -> np.ndarray:
-        """(documents, num_perm) uint32 minima; every shingle array must be non-empty."""
-        lengths = np.array([len(s) for s in shingles], np.int64)
-        if (lengths == 0).any():
+    def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """(documents, num_perm) uint32 minima of `form_hashes`' output: `hashes` of all
+        documents one after another, `counts[d]` (at least 1) of them document d's."""
+        counts = np.asarray(counts, np.int64)
+        if (counts == 0).any():
             raise InputError("every document needs at least one shingle")
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        hashes = np.concatenate(shingles) if len(shingles) else np.zeros(0, np.uint64)
-        out = np.full((len(shingles), self.num_perm), np.iinfo(np.uint32).max, np.uint32)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out = np.full((len(counts), self.num_perm), np.iinfo(np.uint32).max, np.uint32)
         for lo in range(0, len(hashes), self.block_rows):
             hi = min(lo + self.block_rows, len(hashes))
             first = np.searchsorted(starts, lo, side="right") - 1
