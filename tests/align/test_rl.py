@@ -20,6 +20,7 @@ from chuan.config import ConfigError, from_dict
 from chuan.errors import InputError
 from chuan.infer.loading import load_model
 from chuan.infer.sampling import SamplingConfig
+from chuan.model.convert import load_reward_model
 from chuan.train.checkpoint import latest_checkpoint
 from chuan.train.distributed import init_world
 from helpers.cli_runs import chuan_process, finish, kill_after
@@ -243,6 +244,23 @@ def test_ppo_learns_a_reward_function_within_the_kl_bound(tmp_path, base_dir):
     print([(round(r["reward"], 3), round(r["kl"], 3), round(r["value_loss"], 4)) for r in records])
     assert last > first + 0.4, (first, last)
     assert max(r["kl"] for r in records) < KL_BOUND
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_ppo_writes_the_trained_critic_as_a_reward_model_dir(tmp_path, base_dir, finetune):
+    """OUT/critic reloads (LoRA merged in) and scores every position as the trained critic
+    does; `chuan rm score` and a later run's `critic:` read it."""
+    cfg = _config(tmp_path / "run", base_dir, critic_warmup=1, finetune=finetune)
+    cfg["stages"][0]["steps"] = 2
+    trainer = _ppo(cfg)
+    trainer.run(None)
+    critic = load_reward_model(tmp_path / "run" / "critic", require_head=True).eval()
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    trainer.critic.eval()
+    with torch.no_grad():
+        trained = trainer.critic(input_ids=ids, every_position=True).logits
+        reloaded = critic(input_ids=ids, every_position=True).logits
+    torch.testing.assert_close(reloaded, trained, rtol=1e-4, atol=1e-5)
 
 
 def test_sigkill_then_resume_ends_bit_identical(tmp_path, base_dir, reward_model):

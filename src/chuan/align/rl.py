@@ -26,6 +26,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from chuan.align.rl_losses import (
     token_rewards,
     value_loss,
 )
+from chuan.align.rm import write_reward_model
 from chuan.align.rollout import (
     Rollout,
     completion_seed,
@@ -216,8 +218,7 @@ class RLTrainer(SFTTrainer):
                 if frozen is not None:
                     shard_fsdp(frozen, self.world)
         if self.uses_critic:
-            source = cfg.critic or cfg.reward_model or cfg.model
-            critic = apply_finetune(load_reward_model(source), cfg)
+            critic = apply_finetune(load_reward_model(self.critic_source), cfg)
             self.critic = parallelize(critic.to(device), cfg, self.world)
             self.critic.train()
         return model
@@ -592,6 +593,25 @@ class RLTrainer(SFTTrainer):
             "eval_reward": torch.cat(scores).mean().item(),
             "eval_response_length": torch.cat(lengths).double().mean().item(),
         }
+
+    @property
+    def critic_source(self) -> str:
+        """The reward-model dir the critic starts from: `critic`, else the reward model, else
+        the base with a new value head."""
+        cfg = self.cfg
+        return cfg.critic or cfg.reward_model or cfg.model
+
+    def finish(self) -> Path:
+        """`OUT/model` as `chuan sft` writes it; with a critic also `OUT/critic`, a reward-model
+        dir (a later run's `critic:`, or `chuan rm score`). A QLoRA critic stays in the
+        checkpoints: its quantized base cannot be written back."""
+        out = super().finish()
+        if self.critic is not None and self.cfg.finetune != "qlora":
+            critic_dir = self.run_dir / "critic"
+            write_reward_model(
+                self.critic, self.critic_source, self.cfg, critic_dir, self.world, self.cfg.model
+            )
+        return out
 
     def report_extras(self) -> tuple[dict, list[str]]:
         extra, lines = super().report_extras()

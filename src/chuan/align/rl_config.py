@@ -127,7 +127,8 @@ class RLConfig(SFTConfig):
 @dataclass(kw_only=True)
 class PPOConfig(RLConfig):
     """`chuan ppo`: the RL keys plus the critic. `critic` is the model dir the value model
-    starts from (default: `reward_model`, else the policy's base, with a new head);
+    starts from (default: `reward_model`, else the policy's base, with a new head; a
+    previous run's `OUT/critic` continues its training);
     `critic_warmup` iterations train only the critic (the actor frozen); values are
     clipped to `value_clip` around the rollout's, their loss weighted by `vf_coef`;
     advantages by GAE (`gamma`, `lam`), whitened per rollout when `whiten_advantages`."""

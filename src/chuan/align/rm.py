@@ -37,8 +37,9 @@ from chuan.model.checkpoint import write_model_dir
 from chuan.model.convert import load_reward_model
 from chuan.tokenizer.chat_templates import template_for
 from chuan.tokenizer.hf import load_tokenizer
-from chuan.train.checkpoint import full_model_state
+from chuan.train.checkpoint import full_model_state, save_model_dir
 from chuan.train.data import Batch, padded_batch
+from chuan.train.distributed import World
 from chuan.train.loop import PretrainResult, eval_mode
 
 MAX_GAPS = 20  # accuracy is reported per margin value when there are at most this many
@@ -140,13 +141,7 @@ class RewardTrainer(PairTrainer):
             self.write_model(out)
             return out
         self.write_model(self.run_dir / "adapter")
-        state = full_model_state(self.model)  # every rank takes part in the gather
-        if self.world.is_main:
-            merged = apply_finetune(load_reward_model(cfg.model), cfg)
-            merged.load_state_dict(state)
-            merged = merged.merge_and_unload()
-            write_model_dir(out, merged.config, merged.state_dict(), overwrite=True)
-            write_tokenizer_side(cfg.model, out, cfg.template)
+        write_reward_model(self.model, cfg.model, cfg, out, self.world, cfg.model)
         return out
 
     def report_extras(self) -> tuple[dict, list[str]]:
@@ -256,3 +251,26 @@ def _score_conversations(model: nn.Module, encoded: list, batch_size: int) -> li
             {"origin": c.origin, "score": float(s)} for (c, _), s in zip(chunk, scores, strict=True)
         ]
     return records
+
+
+def write_reward_model(
+    model: nn.Module, source: str | Path, cfg, out: Path, world: World, tokenizer: str | Path
+) -> None:
+    """`out` as a reward-model dir (`load_reward_model` and `chuan rm score` read it) of
+    `model`, trained from the model dir `source` with `cfg.finetune` full, freeze or LoRA
+    (merged into `source`'s weights), with `tokenizer`'s files and `cfg.template`. Every rank
+    calls it: the weights are gathered."""
+    if cfg.finetune not in ("full", "freeze", "lora"):
+        raise InputError(f"finetune: {cfg.finetune} cannot be written as a reward-model dir")
+    if cfg.finetune != "lora":
+        save_model_dir(model, out, world, tokenizer)
+        if world.is_main:
+            write_tokenizer_side(tokenizer, out, cfg.template)
+        return
+    state = full_model_state(model)  # every rank takes part in the gather
+    if world.is_main:
+        merged = apply_finetune(load_reward_model(source), cfg)
+        merged.load_state_dict(state)
+        merged = merged.merge_and_unload()
+        write_model_dir(out, merged.config, merged.state_dict(), overwrite=True)
+        write_tokenizer_side(tokenizer, out, cfg.template)
