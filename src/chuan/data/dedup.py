@@ -214,15 +214,7 @@ def _dedup(
 
     start = time.perf_counter()
     corpus = _load_columns(shards, out)
-    folder = out / "work" / "signatures"
-    counts = np.bincount(corpus.shard, minlength=len(shards))
-    offsets = tuple(int(x) for x in np.concatenate(([0], np.cumsum(counts)[:-1])))
-    files = tuple(str(folder / f"{name}.npz") for name, _ in shards)
-    tasks = [
-        BandTask(p, partitions, files, offsets, bands, rows, params.seed) for p in range(partitions)
-    ]
-    forests = executor.map(band_partition, tasks, desc="band partitions")
-    decisions = decide(corpus, components_of(forests, len(corpus.line)), params)
+    decisions = _decisions(corpus, shards, out, params, executor, partitions)
     _write_decisions(out, shards, corpus, decisions)
     timing["decisions_s"] = time.perf_counter() - start
 
@@ -238,6 +230,44 @@ def _dedup(
     report["partitions"] = partitions
     write_report(out, report, summary_markdown(report))
     return report
+
+
+def _decisions(
+    corpus: Corpus,
+    shards: list[tuple[str, Path]],
+    out: Path,
+    params: DedupConfig,
+    executor: Executor,
+    partitions: int,
+) -> Decisions:
+    """Pass 2 as keyed tasks, each over one partition of its keys: LSH band keys (the
+    clusters), exact digests (which members are exact copies), then the kept documents'
+    sentence keys."""
+    folder = out / "work" / "signatures"
+    files = tuple(str(folder / f"{name}.npz") for name, _ in shards)
+    per_shard = np.bincount(corpus.shard, minlength=len(shards))
+    sentences = np.bincount(corpus.shard, weights=corpus.sentence_counts, minlength=len(shards))
+    offsets = tuple(int(x) for x in np.cumsum(per_shard) - per_shard)
+    firsts = tuple(int(x) for x in np.cumsum(sentences) - sentences)
+
+    def tasks(status: str = "") -> list[KeyedTask]:
+        return [
+            KeyedTask(p, partitions, files, offsets, firsts, params, status)
+            for p in range(partitions)
+        ]
+
+    forests = executor.map(band_partition, tasks(), desc="band partitions")
+    copies = executor.map(exact_partition, tasks(), desc="exact partitions")
+    components = components_of(forests, len(corpus.line))
+    status, representative, sizes = decide(corpus, components, np.concatenate(copies))
+    drop = np.zeros(int(corpus.sentence_counts.sum()), bool)
+    if params.sentence_max_repeats > 0 and len(drop):
+        status_file = out / "work" / "status.npy"
+        with atomic_file(status_file) as tmp, open(tmp, "wb") as f:
+            np.save(f, status)
+        drops = executor.map(sentence_partition, tasks(str(status_file)), desc="sentences")
+        drop[np.concatenate(drops)] = True
+    return Decisions(status, representative, sizes, drop)
 
 
 def _available_cores() -> int:
@@ -366,11 +396,9 @@ def _signature_batch(
 class Corpus:
     """Pass 1's columns for all documents, in input order (shard by shard, line by line)."""
 
-    exact: np.ndarray  # (n, 2) uint64
     quality: np.ndarray  # (n,) float64, NaN = none
     shard: np.ndarray  # (n,) int32 index into the input shards
     line: np.ndarray  # (n,) int64
-    sentence_keys: np.ndarray  # (sentences,) uint64, 0 = too short
     sentence_counts: np.ndarray  # (n,) sentences per document (0 when sentence dedup is off)
 
 
@@ -381,11 +409,12 @@ class Decisions:
     status: np.ndarray  # KEEP / EXACT / NEAR
     representative: np.ndarray  # global position of the cluster's kept document
     cluster_size: np.ndarray
-    drop_sentence: np.ndarray  # aligned with Corpus.sentence_keys
+    drop_sentence: np.ndarray  # one flag per sentence, in corpus order
 
 
 def _load_columns(shards: list[tuple[str, Path]], out: Path) -> Corpus:
-    """Every column of pass 1 but the signatures, which stay with the band tasks."""
+    """The per-document columns of pass 1 the driver needs; signatures, digests and sentence
+    keys stay with the keyed tasks."""
     folder = out / "work" / "signatures"
     parts = [np.load(folder / f"{name}.npz") for name, _ in shards]
 
@@ -393,63 +422,105 @@ def _load_columns(shards: list[tuple[str, Path]], out: Path) -> Corpus:
         return np.concatenate([p[key] for p in parts])
 
     return Corpus(
-        exact=column("exact").reshape(-1, 2),
         quality=column("quality"),
         shard=np.concatenate(
             [np.full(len(p["line"]), i, np.int32) for i, p in enumerate(parts)] or [np.zeros(0)]
         ).astype(np.int32),
         line=column("line"),
-        sentence_keys=column("sentence_keys"),
         sentence_counts=column("sentence_counts"),
     )
 
 
-def decide(corpus: Corpus, components: np.ndarray, params: DedupConfig) -> Decisions:
-    """Exact groups, representatives and sentence drops for a whole corpus, given its LSH
-    `components` (a label per document: `components_of`).
+def decide(
+    corpus: Corpus, components: np.ndarray, exact_duplicates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(status, representative, cluster size) of every document, given its LSH `components`
+    (a label per document) and the positions of `exact_duplicates`.
 
     An exact duplicate has its original's signature, so it lies in its original's component;
     the components are therefore the clusters of exact and near duplicates together."""
-    exact_rep = best_in_groups(_exact_groups(corpus.exact), corpus.quality)
     representative = best_in_groups(components, corpus.quality)
     positions = np.arange(len(components))
-    status = np.where(
-        representative == positions, KEEP, np.where(exact_rep != positions, EXACT, NEAR)
-    ).astype(np.int8)
-    drop = sentence_drops(
-        corpus.sentence_keys,
-        np.repeat(status == KEEP, corpus.sentence_counts),
-        params.sentence_max_repeats,
+    exact = np.zeros(len(components), bool)
+    exact[exact_duplicates] = True
+    status = np.where(representative == positions, KEEP, np.where(exact, EXACT, NEAR)).astype(
+        np.int8
     )
     sizes = np.bincount(components, minlength=len(components))[components]
-    return Decisions(status, representative, sizes, drop)
+    return status, representative, sizes
 
 
 @dataclass(frozen=True)
-class BandTask:
-    """One partition of the LSH band keys: the keys k with `k % partitions == partition`."""
+class KeyedTask:
+    """One partition of a keyed pass: the keys k with `k % partitions == partition`, read
+    from every shard's pass-1 file."""
 
     partition: int
     partitions: int
-    signatures: tuple[str, ...]  # every shard's signature file, in input order
+    files: tuple[str, ...]  # every shard's signature file, in input order
     offsets: tuple[int, ...]  # the global position of each shard's first document
-    bands: int
-    rows: int
-    seed: int
+    sentence_offsets: tuple[int, ...]  # ... and of its first sentence
+    params: DedupConfig
+    status: str = ""  # the documents' statuses (`.npy`), for the sentence pass
+
+    def mine(self, keys: np.ndarray) -> np.ndarray:
+        return keys % np.uint64(self.partitions) == np.uint64(self.partition)
 
 
-def band_partition(task: BandTask) -> np.ndarray:
+def exact_partition(task: KeyedTask) -> np.ndarray:
+    """Positions of the partition's exact duplicates: documents whose 128-bit digest a better
+    document (higher quality, then earlier) has too."""
+    digests, quality, positions = [], [], []
+    for path, offset in zip(task.files, task.offsets, strict=True):
+        with np.load(path) as npz:
+            exact, scores = npz["exact"].reshape(-1, 2), npz["quality"]
+        mine = task.mine(exact[:, 0])
+        digests.append(exact[mine])
+        quality.append(scores[mine])
+        positions.append(np.flatnonzero(mine) + offset)
+    positions = np.concatenate(positions or [np.zeros(0, np.int64)])
+    best = best_in_groups(
+        _exact_groups(np.concatenate(digests or [np.zeros((0, 2), np.uint64)])),
+        np.concatenate(quality or [np.zeros(0)]),
+    )
+    return positions[best != np.arange(len(positions))]
+
+
+def sentence_partition(task: KeyedTask) -> np.ndarray:
+    """Global indices of the partition's sentences to drop (`sentence_drops` over the kept
+    documents' sentences whose key falls in the partition, in corpus order)."""
+    status = np.load(task.status, mmap_mode="r")
+    keys, active, indices = [], [], []
+    for path, offset, first in zip(task.files, task.offsets, task.sentence_offsets, strict=True):
+        with np.load(path) as npz:
+            shard_keys, counts = npz["sentence_keys"], npz["sentence_counts"]
+        mine = task.mine(shard_keys) & (shard_keys != 0)
+        owner = np.repeat(np.arange(len(counts)) + offset, counts)
+        keys.append(shard_keys[mine])
+        active.append(status[owner[mine]] == KEEP)
+        indices.append(np.flatnonzero(mine) + first)
+    indices = np.concatenate(indices or [np.zeros(0, np.int64)])
+    drop = sentence_drops(
+        np.concatenate(keys or [np.zeros(0, np.uint64)]),
+        np.concatenate(active or [np.zeros(0, bool)]),
+        task.params.sentence_max_repeats,
+    )
+    return indices[drop]
+
+
+def band_partition(task: KeyedTask) -> np.ndarray:
     """Pass 2 over one partition: (2, m) global positions (document, root), the compressed
     forest of the documents that share one of the partition's band keys with another; root
     is the smallest position of the document's component within the partition.
 
     A band key lives in exactly one partition, so the union of every partition's forest has
     the components of the whole corpus, whatever the number of partitions."""
+    params = task.params
     keys, ids = [], []
-    for path, offset in zip(task.signatures, task.offsets, strict=True):
+    for path, offset in zip(task.files, task.offsets, strict=True):
         with np.load(path) as npz:
-            band = minhash.band_keys(npz["signatures"], task.bands, task.rows, task.seed)
-        mine = band % np.uint64(task.partitions) == np.uint64(task.partition)
+            band = minhash.band_keys(npz["signatures"], params.bands, params.rows, params.seed)
+        mine = task.mine(band)
         keys.append(band[mine])
         ids.append(np.nonzero(mine)[0] + offset)
     return _forest(np.concatenate(keys or [np.zeros(0, np.uint64)]),
