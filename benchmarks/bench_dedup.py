@@ -39,12 +39,14 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from chuan.data import minhash  # noqa: E402
-from chuan.data.dedup import UnionFind, dedup_corpus  # noqa: E402
+from chuan.data.dedup import dedup_corpus  # noqa: E402
 from chuan.data.shards import output_records, read_jsonl_zst  # noqa: E402
 
 TEXT = ROOT.parent / "shared" / "data" / "text"
@@ -167,12 +169,14 @@ def run_datasketch(data: Path, args) -> tuple[np.ndarray, float]:
                 edges.extend((other, key) for other in lsh.query(signature))
                 lsh.insert(key, signature)
                 numbers.append(record["n"])
-    sets = UnionFind(len(numbers))
-    for u, v in edges:
-        sets.union(u, v)
+    pairs = np.array(edges, np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), (len(numbers),) * 2)
     numbers = np.array(numbers)
     labels = np.empty(args.docs, np.int64)
-    labels[numbers] = numbers[sets.labels()]
+    component = connected_components(graph, directed=False)[1]
+    first = np.full(component.max() + 1, len(numbers))
+    np.minimum.at(first, component, np.arange(len(numbers)))  # each component's first member
+    labels[numbers] = numbers[first[component]]
     return labels, signing
 
 

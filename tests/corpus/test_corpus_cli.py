@@ -10,7 +10,7 @@ import pytest
 
 from chuan.cli import main
 from chuan.data.shards import output_records
-from helpers.corpus import write_jsonl
+from helpers.corpus import llama_tokenizer, write_jsonl
 
 
 def _report(out: Path) -> dict:
@@ -99,13 +99,3 @@ def test_clean_dedup_score_mix_pack(tmp_path, raw, capsys, test_data):
     )
     assert _report(packed)["documents"] == sum(1 for _ in output_records(mixed))
     assert "wrote" in capsys.readouterr().out
-
-
-def llama_tokenizer(test_data: Path, tmp_path: Path) -> Path:
-    """The LLaMA tokenizer from the test data, as a tokenizer dir."""
-    from chuan.tokenizer.hf import write_tokenizer_dir
-    from chuan.tokenizer.spm import load_proto
-
-    out = tmp_path / "tok"
-    write_tokenizer_dir(out, load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model"))
-    return out

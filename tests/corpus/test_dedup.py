@@ -14,8 +14,9 @@ import pytest
 
 from chuan.data import minhash
 from chuan.data.dedup import (
-    UnionFind,
     best_in_groups,
+    components_forest,
+    components_of,
     dedup_corpus,
     sentence_drops,
     split_sentences,
@@ -210,23 +211,26 @@ def test_minhash_estimates_exact_jaccard_and_blocks_do_not_change_it(originals):
     assert (_signatures(hasher, originals["zh"][:8]) == whole).all()
 
 
-def test_union_find_matches_breadth_first_components():
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_components_from_partial_forests_match_breadth_first_components(pieces):
+    """The edges split over any number of forests (as band partitions split them) give the
+    components a breadth-first search finds on the whole graph."""
     rng = np.random.default_rng(0)
     edges = rng.integers(0, 300, size=(200, 2))
-    sets = UnionFind(300)
-    for u, v in edges:
-        sets.union(int(u), int(v))
+    part = rng.integers(0, pieces, size=len(edges))
+    forests = [components_forest(edges[part == k, 0], edges[part == k, 1]) for k in range(pieces)]
+    labels = components_of(forests, 300)
     neighbours = {i: set() for i in range(300)}
     for u, v in edges:
         neighbours[int(u)].add(int(v))
         neighbours[int(v)].add(int(u))
-    labels = sets.labels()
     for start in range(300):
         seen, frontier = {start}, [start]
         while frontier:
             frontier = [n for x in frontier for n in neighbours[x] if n not in seen]
             seen.update(frontier)
         assert {i for i in range(300) if labels[i] == labels[start]} == seen
+        assert labels[start] == min(seen)
 
 
 def test_best_in_groups_prefers_quality_then_first():

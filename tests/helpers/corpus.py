@@ -12,3 +12,13 @@ def write_jsonl(path: Path, records: list) -> Path:
     lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def llama_tokenizer(test_data: Path, tmp_path: Path) -> Path:
+    """The LLaMA tokenizer from the test data, as a tokenizer dir."""
+    from chuan.tokenizer.hf import write_tokenizer_dir
+    from chuan.tokenizer.spm import load_proto
+
+    out = tmp_path / "tok"
+    write_tokenizer_dir(out, load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model"))
+    return out

@@ -13,6 +13,45 @@ _OVERWRITE_HELP = (
 )
 
 
+def _add_executor_flags(parser: argparse.ArgumentParser, *, partitions: bool = False) -> None:
+    group = parser.add_argument_group("where it runs")
+    group.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --workers processes on this machine; ray: one Ray task per input file on "
+        "a cluster (pip install 'chuan[ray]'; every node must see the inputs and --out at the "
+        'same paths; docs/data.md, "Many machines"). The output is the same either way',
+    )
+    group.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="with --executor ray: the cluster to join (auto: the one this machine belongs to; "
+        "default: RAY_ADDRESS, else a Ray started for this run on this machine)",
+    )
+    if partitions:
+        group.add_argument(
+            "--partitions",
+            type=int_at_least(1),
+            help="LSH band-key partitions, one task each (default: the workers or the "
+            "cluster's CPUs); the output does not depend on it",
+        )
+
+
+def _executor(args: argparse.Namespace, workers: int | None = None):
+    """The `Executor` the flags name (local: `--workers` processes)."""
+    from chuan.data.executor import LocalExecutor, RayExecutor
+    from chuan.errors import InputError
+
+    if args.executor == "ray":
+        return RayExecutor(args.address, progress=not getattr(args, "quiet", False))
+    if args.address:
+        raise InputError("--address names a Ray cluster: add --executor ray")
+    if workers is None:
+        return None
+    return LocalExecutor(workers, progress=not getattr(args, "quiet", False))
+
+
 def _data_clean(args: argparse.Namespace) -> None:
     from chuan.config import load_config
     from chuan.data.clean import CleanConfig, clean_corpus
@@ -25,6 +64,7 @@ def _data_clean(args: argparse.Namespace) -> None:
         config=config,
         seed=args.seed,
         workers=args.workers,
+        executor=_executor(args),
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -51,6 +91,8 @@ def _data_dedup(args: argparse.Namespace) -> None:
         sentence_min_chars=args.sentence_min_chars,
         seed=args.seed,
         workers=args.workers,
+        executor=_executor(args),
+        partitions=args.partitions,
         overwrite=args.overwrite,
     )
     print(
@@ -95,6 +137,7 @@ def _data_quality_score(args: argparse.Namespace) -> None:
             seed=args.seed,
             device=args.device,
             workers=args.workers,
+            executor=_executor(args),
             overwrite=args.overwrite,
         )
     else:
@@ -105,6 +148,7 @@ def _data_quality_score(args: argparse.Namespace) -> None:
             field=args.field or "quality",
             seed=args.seed,
             workers=args.workers,
+            executor=_executor(args),
             overwrite=args.overwrite,
         )
     print(
@@ -119,7 +163,12 @@ def _data_mix(args: argparse.Namespace) -> None:
 
     config = load_config(MixConfig, args.config, args.overrides)
     report = mix_corpus(
-        config, args.out, seed=args.seed, workers=args.workers, overwrite=args.overwrite
+        config,
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        executor=_executor(args),
+        overwrite=args.overwrite,
     )
     print(
         f"wrote {args.out}: tokens {report['tokens_before']:,.0f} -> {report['tokens_after']:,.0f}"
@@ -139,6 +188,7 @@ def _data_pack(args: argparse.Namespace) -> None:
         bins=args.bins,
         seed=args.seed,
         add_bos=args.add_bos,
+        executor=_executor(args, args.workers),
         overwrite=args.overwrite,
     )
     print(
@@ -177,7 +227,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--seed", type=int_at_least(0), default=0, help="row shuffle seed (default 0)"
     )
     pack.add_argument("--add-bos", action="store_true", help="start plain documents with BOS")
+    pack.add_argument(
+        "--workers", type=int_at_least(1), default=1, help="processes, one input file each"
+    )
     pack.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_executor_flags(pack)
     pack.set_defaults(func=_data_pack)
 
     clean = data_verbs.add_parser(
@@ -213,6 +267,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     clean.add_argument("--quiet", action="store_true", help="no progress bars")
     clean.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    _add_executor_flags(clean)
     clean.set_defaults(func=_data_clean)
 
     dedup = data_verbs.add_parser(
@@ -266,6 +321,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--workers", type=int_at_least(1), default=None, help="processes (default: all cores)"
     )
     dedup.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    _add_executor_flags(dedup, partitions=True)
     dedup.set_defaults(func=_data_dedup)
 
     quality = data_verbs.add_parser("quality", help="train and apply document quality scorers")
@@ -317,6 +373,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     qscore.add_argument("--seed", type=int_at_least(0), default=0, help="recorded in the report")
     qscore.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    _add_executor_flags(qscore)
     qscore.set_defaults(func=_data_quality_score)
 
     mix = data_verbs.add_parser(
@@ -333,4 +390,5 @@ def register(verbs: argparse._SubParsersAction) -> None:
     mix.add_argument("--seed", type=int_at_least(0), help="overrides the config's seed")
     mix.add_argument("--workers", type=int_at_least(1), default=1, help="processes, one shard each")
     mix.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    _add_executor_flags(mix)
     mix.set_defaults(func=_data_mix)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from chuan.config import ConfigError, to_dict
 from chuan.data import rules
+from chuan.data.executor import Executor
 from chuan.data.langid import LangIdConfig, identify
 from chuan.data.shards import (
     JsonlZstWriter,
@@ -290,6 +291,7 @@ def clean_corpus(
     config: CleanConfig | None = None,
     seed: int = 0,
     workers: int = 1,
+    executor: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -306,7 +308,7 @@ def clean_corpus(
     work = functools.partial(clean_shard, config=config, progress=progress)
     settings = {"config": to_dict(config), "seed": seed}
     with StageRun(inputs, out, stage="clean", settings=settings, overwrite=overwrite) as run:
-        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards, executor=executor)
         report = build_report(stats, config, seed=seed, seconds=time.perf_counter() - start)
         write_report(out, report, report_markdown(report))
     return report

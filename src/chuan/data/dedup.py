@@ -40,15 +40,16 @@ import re
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from chuan.data import minhash
+from chuan.data.executor import Executor, LocalExecutor
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
@@ -117,11 +118,17 @@ def dedup_corpus(
     sentence_min_chars: int = SENTENCE_MIN_CHARS,
     seed: int = 0,
     workers: int | None = None,
+    executor: Executor | None = None,
+    partitions: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Deduplicate the corpus files under `inputs` into `out`; returns the report.
 
+    Every pass runs on `executor` (default: `workers` local processes, all cores when None):
+    signatures one task per input file, the LSH bands in `partitions` tasks (default: the
+    executor's workers; the output is the same for any number), the final filter one task per
+    file.
     `ngram` None shingles by 5 characters (CJK documents) or 5 words (others). `bands` and
     `rows` default to the datasketch-style optimum for (`threshold`, `num_perm`); give both to
     choose the S-curve yourself. `sentence_max_repeats` 0 turns sentence dedup off.
@@ -136,7 +143,9 @@ def dedup_corpus(
         threshold, num_perm, ngram, bands, rows, sentence_max_repeats, sentence_min_chars, seed
     )
     out = Path(out)
-    workers = workers or _available_cores()
+    executor = executor or LocalExecutor(workers or _available_cores(), progress)
+    if partitions is not None and partitions < 1:
+        raise InputError(f"partitions must be at least 1, got {partitions}")
     run = StageRun(
         inputs,
         out,
@@ -147,7 +156,7 @@ def dedup_corpus(
         global_plan=True,
     )
     with run:
-        return _dedup(run.shards, out, params, workers, progress)
+        return _dedup(run.shards, out, params, executor, partitions or executor.workers, progress)
 
 
 def check_settings(
@@ -185,7 +194,12 @@ def check_settings(
 
 
 def _dedup(
-    shards: list[tuple[str, Path]], out: Path, params: DedupConfig, workers: int, progress: bool
+    shards: list[tuple[str, Path]],
+    out: Path,
+    params: DedupConfig,
+    executor: Executor,
+    partitions: int,
+    progress: bool,
 ) -> dict[str, Any]:
     bands, rows = params.bands, params.rows
     curve = minhash.s_curve(bands, rows)
@@ -194,26 +208,66 @@ def _dedup(
 
     timing: dict[str, float] = {}
     start = time.perf_counter()
-    computed, reused = _signature_pass(shards, out, params, workers, progress)
+    executor.preflight([path for _, path in shards], out)
+    computed, reused = _signature_pass(shards, out, params, executor)
     timing["signatures_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    corpus = _load_signatures(shards, out)
-    decisions = decide(corpus, params)
+    corpus = _load_columns(shards, out)
+    decisions = _decisions(corpus, shards, out, params, executor, partitions)
     _write_decisions(out, shards, corpus, decisions)
     timing["decisions_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     if progress:
         print(f"dedup: writing {len(shards)} shards", file=sys.stderr)
-    stats = run_shards(None, out, _filter_shard, workers=workers, shards=shards)
+    stats = run_shards(None, out, _filter_shard, shards=shards, executor=executor)
     timing["filter_s"] = time.perf_counter() - start
 
     report = _report(params, curve, stats, corpus, decisions, shards, out, timing)
     report["signatures"] = {"computed": computed, "reused": reused}
-    report["workers"] = workers
+    report["workers"] = executor.workers
+    report["partitions"] = partitions
     write_report(out, report, summary_markdown(report))
     return report
+
+
+def _decisions(
+    corpus: Corpus,
+    shards: list[tuple[str, Path]],
+    out: Path,
+    params: DedupConfig,
+    executor: Executor,
+    partitions: int,
+) -> Decisions:
+    """Pass 2 as keyed tasks, each over one partition of its keys: LSH band keys (the
+    clusters), exact digests (which members are exact copies), then the kept documents'
+    sentence keys."""
+    folder = out / "work" / "signatures"
+    files = tuple(str(folder / f"{name}.npz") for name, _ in shards)
+    per_shard = np.bincount(corpus.shard, minlength=len(shards))
+    sentences = np.bincount(corpus.shard, weights=corpus.sentence_counts, minlength=len(shards))
+    offsets = tuple(int(x) for x in np.cumsum(per_shard) - per_shard)
+    firsts = tuple(int(x) for x in np.cumsum(sentences) - sentences)
+
+    def tasks(status: str = "") -> list[KeyedTask]:
+        return [
+            KeyedTask(p, partitions, files, offsets, firsts, params, status)
+            for p in range(partitions)
+        ]
+
+    forests = executor.map(band_partition, tasks(), desc="band partitions")
+    copies = executor.map(exact_partition, tasks(), desc="exact partitions")
+    components = components_of(forests, len(corpus.line))
+    status, representative, sizes = decide(corpus, components, np.concatenate(copies))
+    drop = np.zeros(int(corpus.sentence_counts.sum()), bool)
+    if params.sentence_max_repeats > 0 and len(drop):
+        status_file = out / "work" / "status.npy"
+        with atomic_file(status_file) as tmp, open(tmp, "wb") as f:
+            np.save(f, status)
+        drops = executor.map(sentence_partition, tasks(str(status_file)), desc="sentences")
+        drop[np.concatenate(drops)] = True
+    return Decisions(status, representative, sizes, drop)
 
 
 def _available_cores() -> int:
@@ -257,28 +311,21 @@ def quality_of(record: dict) -> float:
 
 
 def _signature_pass(
-    shards: list[tuple[str, Path]], out: Path, params: DedupConfig, workers: int, progress: bool
+    shards: list[tuple[str, Path]], out: Path, params: DedupConfig, executor: Executor
 ) -> tuple[int, int]:
-    """Compute the missing signature shards on `workers` processes; (computed, reused)."""
+    """Compute the missing signature shards on `executor`; (computed, reused)."""
     folder = out / "work" / "signatures"
     todo = [
         (name, path, folder, params)
         for name, path in shards
         if not _signature_done(folder / f"{name}.done.json", params)
     ]
-    bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
-               desc="signatures", disable=not progress)  # fmt: skip
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            for future in as_completed([pool.submit(signature_shard, *t) for t in todo]):
-                future.result()
-                bar.update()
-    else:
-        for task in todo:
-            signature_shard(*task)
-            bar.update()
-    bar.close()
+    executor.map(_signature_task, todo, desc="signatures", docs=int)
     return len(todo), len(shards) - len(todo)
+
+
+def _signature_task(task: tuple[str, Path, Path, DedupConfig]) -> int:
+    return signature_shard(*task)
 
 
 def _signature_done(marker: Path, params: DedupConfig) -> bool:
@@ -349,12 +396,9 @@ def _signature_batch(
 class Corpus:
     """Pass 1's columns for all documents, in input order (shard by shard, line by line)."""
 
-    signatures: np.ndarray  # (n, num_perm) uint32
-    exact: np.ndarray  # (n, 2) uint64
     quality: np.ndarray  # (n,) float64, NaN = none
     shard: np.ndarray  # (n,) int32 index into the input shards
     line: np.ndarray  # (n,) int64
-    sentence_keys: np.ndarray  # (sentences,) uint64, 0 = too short
     sentence_counts: np.ndarray  # (n,) sentences per document (0 when sentence dedup is off)
 
 
@@ -365,10 +409,12 @@ class Decisions:
     status: np.ndarray  # KEEP / EXACT / NEAR
     representative: np.ndarray  # global position of the cluster's kept document
     cluster_size: np.ndarray
-    drop_sentence: np.ndarray  # aligned with Corpus.sentence_keys
+    drop_sentence: np.ndarray  # one flag per sentence, in corpus order
 
 
-def _load_signatures(shards: list[tuple[str, Path]], out: Path) -> Corpus:
+def _load_columns(shards: list[tuple[str, Path]], out: Path) -> Corpus:
+    """The per-document columns of pass 1 the driver needs; signatures, digests and sentence
+    keys stay with the keyed tasks."""
     folder = out / "work" / "signatures"
     parts = [np.load(folder / f"{name}.npz") for name, _ in shards]
 
@@ -376,42 +422,144 @@ def _load_signatures(shards: list[tuple[str, Path]], out: Path) -> Corpus:
         return np.concatenate([p[key] for p in parts])
 
     return Corpus(
-        signatures=column("signatures"),
-        exact=column("exact").reshape(-1, 2),
         quality=column("quality"),
         shard=np.concatenate(
             [np.full(len(p["line"]), i, np.int32) for i, p in enumerate(parts)] or [np.zeros(0)]
         ).astype(np.int32),
         line=column("line"),
-        sentence_keys=column("sentence_keys"),
         sentence_counts=column("sentence_counts"),
     )
 
 
-def decide(corpus: Corpus, params: DedupConfig) -> Decisions:
-    """Exact groups, LSH clusters, representatives and sentence drops for a whole corpus."""
-    exact_rep = best_in_groups(_exact_groups(corpus.exact), corpus.quality)
-    uniques = np.flatnonzero(exact_rep == np.arange(len(exact_rep)))
-    keys = minhash.band_keys(corpus.signatures[uniques], params.bands, params.rows, params.seed)
-    sets = UnionFind(len(uniques))
-    for u, v in zip(*minhash.candidate_pairs(keys), strict=True):
-        sets.union(int(u), int(v))
-    root_of_unique = uniques[sets.labels()]
-    position_in_uniques = np.zeros(len(exact_rep), np.int64)
-    position_in_uniques[uniques] = np.arange(len(uniques))
-    cluster = root_of_unique[position_in_uniques[exact_rep]]
-    representative = best_in_groups(cluster, corpus.quality)
-    positions = np.arange(len(cluster))
-    status = np.where(
-        representative == positions, KEEP, np.where(exact_rep != positions, EXACT, NEAR)
-    ).astype(np.int8)
-    drop = sentence_drops(
-        corpus.sentence_keys,
-        np.repeat(status == KEEP, corpus.sentence_counts),
-        params.sentence_max_repeats,
+def decide(
+    corpus: Corpus, components: np.ndarray, exact_duplicates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(status, representative, cluster size) of every document, given its LSH `components`
+    (a label per document) and the positions of `exact_duplicates`.
+
+    An exact duplicate has its original's signature, so it lies in its original's component;
+    the components are therefore the clusters of exact and near duplicates together."""
+    representative = best_in_groups(components, corpus.quality)
+    positions = np.arange(len(components))
+    exact = np.zeros(len(components), bool)
+    exact[exact_duplicates] = True
+    status = np.where(representative == positions, KEEP, np.where(exact, EXACT, NEAR)).astype(
+        np.int8
     )
-    sizes = np.bincount(cluster, minlength=len(cluster))[cluster]
-    return Decisions(status, representative, sizes, drop)
+    sizes = np.bincount(components, minlength=len(components))[components]
+    return status, representative, sizes
+
+
+@dataclass(frozen=True)
+class KeyedTask:
+    """One partition of a keyed pass: the keys k with `k % partitions == partition`, read
+    from every shard's pass-1 file."""
+
+    partition: int
+    partitions: int
+    files: tuple[str, ...]  # every shard's signature file, in input order
+    offsets: tuple[int, ...]  # the global position of each shard's first document
+    sentence_offsets: tuple[int, ...]  # ... and of its first sentence
+    params: DedupConfig
+    status: str = ""  # the documents' statuses (`.npy`), for the sentence pass
+
+    def mine(self, keys: np.ndarray) -> np.ndarray:
+        return keys % np.uint64(self.partitions) == np.uint64(self.partition)
+
+
+def exact_partition(task: KeyedTask) -> np.ndarray:
+    """Positions of the partition's exact duplicates: documents whose 128-bit digest a better
+    document (higher quality, then earlier) has too."""
+    digests, quality, positions = [], [], []
+    for path, offset in zip(task.files, task.offsets, strict=True):
+        with np.load(path) as npz:
+            exact, scores = npz["exact"].reshape(-1, 2), npz["quality"]
+        mine = task.mine(exact[:, 0])
+        digests.append(exact[mine])
+        quality.append(scores[mine])
+        positions.append(np.flatnonzero(mine) + offset)
+    positions = np.concatenate(positions or [np.zeros(0, np.int64)])
+    best = best_in_groups(
+        _exact_groups(np.concatenate(digests or [np.zeros((0, 2), np.uint64)])),
+        np.concatenate(quality or [np.zeros(0)]),
+    )
+    return positions[best != np.arange(len(positions))]
+
+
+def sentence_partition(task: KeyedTask) -> np.ndarray:
+    """Global indices of the partition's sentences to drop (`sentence_drops` over the kept
+    documents' sentences whose key falls in the partition, in corpus order)."""
+    status = np.load(task.status, mmap_mode="r")
+    keys, active, indices = [], [], []
+    for path, offset, first in zip(task.files, task.offsets, task.sentence_offsets, strict=True):
+        with np.load(path) as npz:
+            shard_keys, counts = npz["sentence_keys"], npz["sentence_counts"]
+        mine = task.mine(shard_keys) & (shard_keys != 0)
+        owner = np.repeat(np.arange(len(counts)) + offset, counts)
+        keys.append(shard_keys[mine])
+        active.append(status[owner[mine]] == KEEP)
+        indices.append(np.flatnonzero(mine) + first)
+    indices = np.concatenate(indices or [np.zeros(0, np.int64)])
+    drop = sentence_drops(
+        np.concatenate(keys or [np.zeros(0, np.uint64)]),
+        np.concatenate(active or [np.zeros(0, bool)]),
+        task.params.sentence_max_repeats,
+    )
+    return indices[drop]
+
+
+def band_partition(task: KeyedTask) -> np.ndarray:
+    """Pass 2 over one partition: (2, m) global positions (document, root), the compressed
+    forest of the documents that share one of the partition's band keys with another; root
+    is the smallest position of the document's component within the partition.
+
+    A band key lives in exactly one partition, so the union of every partition's forest has
+    the components of the whole corpus, whatever the number of partitions."""
+    params = task.params
+    keys, ids = [], []
+    for path, offset in zip(task.files, task.offsets, strict=True):
+        with np.load(path) as npz:
+            band = minhash.band_keys(npz["signatures"], params.bands, params.rows, params.seed)
+        mine = task.mine(band)
+        keys.append(band[mine])
+        ids.append(np.nonzero(mine)[0] + offset)
+    return _forest(np.concatenate(keys or [np.zeros(0, np.uint64)]),
+                   np.concatenate(ids or [np.zeros(0, np.int64)]))  # fmt: skip
+
+
+def _forest(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(2, m) (document, smallest document of its component) over the graph joining every
+    document to the first document of each key it shares."""
+    order = np.lexsort((ids, keys))
+    keys, ids = keys[order], ids[order]
+    first = np.ones(len(keys), bool)
+    first[1:] = keys[1:] != keys[:-1]
+    heads = ids[np.maximum.accumulate(np.where(first, np.arange(len(keys)), 0))]
+    return components_forest(heads[~first], ids[~first])
+
+
+def components_forest(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(2, m) (node, smallest node of its component) for the nodes of the edges (u, v)."""
+    nodes, inverse = np.unique(np.concatenate((u, v)), return_inverse=True)
+    graph = coo_matrix(
+        (np.ones(len(u), np.int8), (inverse[: len(u)], inverse[len(u) :])),
+        shape=(len(nodes), len(nodes)),
+    )
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if len(labels) else 0, np.iinfo(np.int64).max)
+    np.minimum.at(smallest, labels, nodes)
+    return np.stack((nodes, smallest[labels]))
+
+
+def components_of(forests: list[np.ndarray], count: int) -> np.ndarray:
+    """A component label (its smallest position) for each of `count` documents, from the
+    partitions' forests (a document in no forest is its own component)."""
+    joined = np.concatenate(forests or [np.zeros((2, 0), np.int64)], axis=1)
+    labels = np.arange(count)
+    if joined.shape[1]:
+        forest = components_forest(joined[0], joined[1])
+        labels[forest[0]] = forest[1]
+    return labels
 
 
 def _exact_groups(digests: np.ndarray) -> np.ndarray:
@@ -433,39 +581,6 @@ def best_in_groups(labels: np.ndarray, quality: np.ndarray) -> np.ndarray:
     best = np.empty(len(order), np.int64)
     best[order] = order[first][np.cumsum(first) - 1]
     return best
-
-
-class UnionFind:
-    """Disjoint sets over 0..n-1: path compression and union by size keep every operation
-    nearly constant time."""
-
-    def __init__(self, size: int):
-        self.parent = list(range(size))
-        self.size = [1] * size
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    def union(self, x: int, y: int) -> int:
-        """Join the sets of x and y; returns the root, the root of the larger set."""
-        rx, ry = self.find(x), self.find(y)
-        if rx == ry:
-            return rx
-        if self.size[rx] < self.size[ry]:
-            rx, ry = ry, rx
-        self.parent[ry] = rx
-        self.size[rx] += self.size[ry]
-        return rx
-
-    def labels(self) -> np.ndarray:
-        """The root of every element."""
-        return np.array([self.find(x) for x in range(len(self.parent))], np.int64)
 
 
 def sentence_drops(keys: np.ndarray, active: np.ndarray, max_repeats: int) -> np.ndarray:

@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from chuan.config import ConfigError, bounded
+from chuan.data.executor import Executor
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
@@ -427,6 +428,7 @@ def mix_corpus(
     *,
     seed: int | None = None,
     workers: int = 1,
+    executor: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -456,7 +458,9 @@ def mix_corpus(
         global_plan=True,
     )
     with run:
-        return _mix(config, out, shards, given, workers=workers, progress=progress)
+        return _mix(
+            config, out, shards, given, workers=workers, executor=executor, progress=progress
+        )
 
 
 def _mix(
@@ -466,6 +470,7 @@ def _mix(
     given: list[str | None],
     *,
     workers: int,
+    executor: Executor | None,
     progress: bool,
 ) -> dict[str, Any]:
     census = take_census(config, progress, shards, given)
@@ -480,7 +485,7 @@ def _mix(
         quality_field=config.quality_field,
         progress=progress,
     )
-    stats = run_shards(None, out, work, workers=workers, shards=shards)
+    stats = run_shards(None, out, work, workers=workers, shards=shards, executor=executor)
     report = {
         **totals(stats),
         "written": sum(s.extra["written"] for s in stats),

@@ -28,6 +28,8 @@ per piece, so a packed row trains like its documents run one by one (`labels_fro
 
 from __future__ import annotations
 
+import functools
+import io
 import itertools
 import json
 import os
@@ -44,8 +46,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 from datasets.table import InMemoryTable
-from tqdm import tqdm
 
+from chuan.data.executor import Executor, LocalExecutor
 from chuan.data.shards import claim_output, dir_fingerprint, run_record
 from chuan.documents import (
     STAGE_RUN_FILE,
@@ -222,24 +224,64 @@ class CategoryTokens:
             self._chunks.append(np.asarray(self._pending, dtype=np.int32))
             self._pending = []
 
+    def extend(self, other: CategoryTokens) -> None:
+        """Append `other`'s documents after these."""
+        self.flush()
+        other.flush()
+        self.lengths += other.lengths
+        self.masked += other.masked
+        self._chunks += other._chunks
+
     def ids(self) -> np.ndarray:
         self.flush()
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int32)
 
 
-def tokenize_corpus(
-    files: list[Path], encoder: SampleEncoder, rejects: Rejects, *, progress: bool
-) -> dict[str, CategoryTokens]:
-    """Read and tokenize every file, in batches, into per-category token streams."""
+@dataclass(frozen=True)
+class FileTokens:
+    """What one input file contributes: its categories' tokens (in first-appearance order)
+    and its rejects (JSON lines, counts and reasons)."""
+
+    corpus: dict[str, CategoryTokens]
+    rejects: str
+    rejected: int
+    reasons: Counter
+
+
+def tokenize_file(task: tuple[Path, str | Path, bool]) -> FileTokens:
+    """Read and tokenize one file in batches (a task of `tokenize_corpus`)."""
+    path, tokenizer_dir, add_bos = task
+    encoder = _encoder(str(tokenizer_dir), add_bos)
     corpus: dict[str, CategoryTokens] = {}
-    samples = read_samples(files, rejects)
-    with tqdm(desc="tokenizing", unit=" docs", disable=not progress) as bar:
-        while batch := list(itertools.islice(samples, _BATCH_DOCS)):
-            for sample, (ids, masked) in zip(batch, encoder.encode(batch), strict=True):
-                corpus.setdefault(sample.category, CategoryTokens()).add(ids, masked)
-            for tokens in corpus.values():
-                tokens.flush()
-            bar.update(len(batch))
+    stream = io.StringIO()
+    rejects = Rejects(stream)
+    samples = read_samples([path], rejects)
+    while batch := list(itertools.islice(samples, _BATCH_DOCS)):
+        for sample, (ids, masked) in zip(batch, encoder.encode(batch), strict=True):
+            corpus.setdefault(sample.category, CategoryTokens()).add(ids, masked)
+        for tokens in corpus.values():
+            tokens.flush()
+    return FileTokens(corpus, stream.getvalue(), rejects.count, rejects.reasons)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(tokenizer_dir: str, add_bos: bool) -> SampleEncoder:
+    return SampleEncoder(tokenizer_dir, add_bos=add_bos)
+
+
+def tokenize_corpus(
+    files: list[Path], encoder: SampleEncoder, rejects: Rejects, executor: Executor
+) -> dict[str, CategoryTokens]:
+    """Every file tokenized on `executor` (a task per file), then joined in input order into
+    per-category token streams: the same streams whatever runs the tasks."""
+    tasks = [(path, encoder.tokenizer_dir, encoder.add_bos) for path in files]
+    corpus: dict[str, CategoryTokens] = {}
+    for part in executor.map(tokenize_file, tasks, desc="tokenizing"):
+        for category, tokens in part.corpus.items():
+            corpus.setdefault(category, CategoryTokens()).extend(tokens)
+        rejects.stream.write(part.rejects)
+        rejects.count += part.rejected
+        rejects.reasons.update(part.reasons)
     return corpus
 
 
@@ -484,6 +526,7 @@ def pack_corpus(
     bins: int = 1,
     seed: int = 0,
     add_bos: bool = False,
+    executor: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PackReport:
@@ -514,7 +557,9 @@ def pack_corpus(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with open(tmp / REJECTS_FILE, "w", encoding="utf-8") as stream:
             rejects = Rejects(stream)
-            corpus = tokenize_corpus(files, encoder, rejects, progress=progress)
+            executor = executor or LocalExecutor(1, progress)
+            executor.preflight(files, None)  # the tasks only read
+            corpus = tokenize_corpus(files, encoder, rejects, executor)
         if not corpus:
             raise InputError(
                 f"no documents to pack in {[str(p) for p in inputs]}: "

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from chuan.data.executor import Executor
 from chuan.data.shards import (
     JsonlZstWriter,
     ShardStats,
@@ -468,6 +469,7 @@ def score_corpus(
     field: str = "quality",
     seed: int = 0,
     workers: int = 1,
+    executor: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -491,7 +493,7 @@ def score_corpus(
     with StageRun(
         inputs, out, stage="quality score", settings=settings, overwrite=overwrite
     ) as run:
-        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards, executor=executor)
         report = scoring_report(stats, field, seed, model_dir, model.meta, (0.0, 1.0))
         write_scoring_report(Path(out), report, f"{field}_hist.png", f"P(good) ({field})")
     return report

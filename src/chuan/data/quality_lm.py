@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from chuan.data.executor import Executor
 from chuan.data.quality_classifier import (
     chunks,
     histogram_counts,
@@ -127,6 +128,7 @@ def score_perplexity(
     seed: int = 0,
     device: str = "cpu",
     workers: int = 1,
+    executor: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -157,7 +159,7 @@ def score_perplexity(
     with StageRun(
         inputs, out, stage="quality score", settings=settings, overwrite=overwrite
     ) as run:
-        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards)
+        stats = run_shards(inputs, out, work, workers=workers, shards=run.shards, executor=executor)
         report = scoring_report(stats, field, seed, model_dir, meta, _LOG10_PPL_RANGE)
         report["unscored"] = sum(s.extra["unscored"] for s in stats)
         write_scoring_report(Path(out), report, f"{field}_hist.png", f"log10 {field}")

@@ -1,7 +1,7 @@
 """Sharded corpus stages: one input file in, one output shard out, rejects and counts beside it.
 
 Every corpus stage (`clean`, `quality score`, `dedup`'s final filter, `mix`) is a function over
-one shard, so a local process pool runs them today and a cluster executor can run them later.
+one shard, which an executor (`chuan.data.executor`: local processes or Ray tasks) runs.
 A stage's output dir looks like:
 
     OUT/shards/00000-<input stem>.jsonl.zst   kept records, every input field preserved
@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import zstandard
 
+from chuan.data.executor import Executor, LocalExecutor
 from chuan.documents import (
     STAGE_RUN_FILE,
     RecordError,
@@ -379,15 +380,17 @@ def run_shards(
     *,
     workers: int = 1,
     shards: list[tuple[str, Path]] | None = None,
+    executor: Executor | None = None,
 ) -> list[ShardStats]:
     """Run `work(input, output_shard, rejects_shard, stats)` for every unfinished shard.
 
     `work` writes the output shard and the rejects through `JsonlZstWriter` and fills `stats`.
     Finished shards (with a `.done` marker: JSON, but named so that a later stage reading
-    `shards/` skips it) are read back, not redone. `workers > 1` uses a process
-    pool (`work` must then be a module-level function). `shards` (a `StageRun`'s) replaces
-    expanding `inputs` again; a stage runs this inside its `StageRun`, which guarantees that
-    finished shards come from the same settings and inputs.
+    `shards/` skips it) are read back, not redone. The shards run on `executor` (default:
+    `workers` local processes; `work` must then be a module-level function or, on Ray,
+    picklable). `shards` (a `StageRun`'s) replaces expanding `inputs` again; a stage runs this
+    inside its `StageRun`, which guarantees that finished shards come from the same settings
+    and inputs.
     """
     out = Path(out)
     todo, done = [], []
@@ -407,14 +410,14 @@ def run_shards(
         )
         for name, path in todo
     ]
-    if workers > 1 and len(args) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    executor = executor or LocalExecutor(workers, progress=False)
+    if args:
+        executor.preflight([path for _, path in todo], out)
+    return done + executor.map(_run_one, args, desc=out.name, docs=_read_count)
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            finished = list(pool.map(_run_one, args))
-    else:
-        finished = [_run_one(a) for a in args]
-    return done + finished
+
+def _read_count(stats: ShardStats) -> int:
+    return stats.read
 
 
 def _stats_fields(data: dict) -> dict:
