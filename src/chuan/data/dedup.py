@@ -1,25 +1,28 @@
 """`chuan data dedup`: exact and MinHash-LSH near-duplicate removal, clusters, sentence dedup.
 
-The stage runs in three passes, so the two per-document passes use every core and only the
-global decisions run in one process (the design of huggingface/datatrove's
-`src/datatrove/pipeline/dedup/minhash.py`):
+The stage runs in three passes of tasks on an executor (`chuan.data.executor`: local
+processes or Ray), so no pass needs the whole corpus in one place; the driver keeps only
+per-document columns (the design of huggingface/datatrove's
+`src/datatrove/pipeline/dedup/minhash.py`, with its bucket step as keyed partitions):
 
-1. **Signatures** (process pool over input shards). For each valid record: the shingle form of
-   its text (`chuan.data.minhash`), a 128-bit digest of that form (exact dedup), its MinHash
+1. **Signatures** (a task per input shard). For each valid record: the shingle form of its
+   text (`chuan.data.minhash`), a 128-bit digest of that form (exact dedup), its MinHash
    signature, its `quality` field, the 64-bit keys of its sentences and an 80-character
    preview. One `OUT/work/signatures/<shard>.npz` per input shard, then a `.done.json` marker:
    a re-run reuses every finished shard (resume is per whole shard, as in datatrove:
    huggingface/datatrove#316).
-2. **Decisions** (one process). Documents with equal digests form exact groups; the
-   representatives of those groups are banded (LSH) and every shared band bucket joins them
-   (union-find with path compression and union by size). A cluster is a connected component of
-   "exactly equal" and "share an LSH bucket" (one semantics: text-dedup's Spark and Python
-   paths disagree, ChenghaoMou/text-dedup#71, #88); no exact-Jaccard check follows. The kept
+2. **Decisions** (a task per partition of the keys, `key % partitions`). Band tasks join every
+   document to the first one sharing each of its LSH band keys and return the connected
+   components as a compressed forest; the forests of all partitions give the corpus's
+   components, the same for any number of partitions. A cluster is a component of "share an
+   LSH bucket", which contains "exactly equal" (equal forms have equal signatures: one
+   semantics, where text-dedup's Spark and Python paths disagree, ChenghaoMou/text-dedup#71,
+   #88); no exact-Jaccard check follows. Digest tasks mark the exact copies. The kept
    representative of a cluster is its member with the highest numeric `quality`, the first in
-   input order when no member has one or on ties. Then, over the kept documents in input
-   order, a sentence whose normalised form occurs more than `sentence_max_repeats` times is
-   dropped everywhere but at its first occurrence.
-3. **Filter** (process pool, `chuan.data.shards.run_shards`). Each shard is read again and
+   input order when no member has one or on ties. Then sentence-key tasks, over the kept
+   documents in input order, drop a sentence whose normalised form occurs more than
+   `sentence_max_repeats` times everywhere but at its first occurrence.
+3. **Filter** (a task per shard, `chuan.data.shards.run_shards`). Each shard is read again and
    written: kept records with every input field and `meta.cluster_id` (the 0-based input
    position, over all inputs, of the cluster's representative), `meta.cluster_size` and
    `meta.sentence_dups_removed` (top-level fields instead when the record's `meta` is not an
