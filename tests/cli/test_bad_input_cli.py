@@ -261,6 +261,25 @@ CASES = [
          ("--minutes",), code=2),
     Case("quickstart", lambda f: ["quickstart", "--until", "nothing", "--out", _out(f, "qs")],
          ("nothing",)),
+    # rag
+    Case("rag index", lambda f: ["rag", "index", f["half.jsonl.zst"], "--out", _out(f, "kb1")],
+         ("half.jsonl.zst",)),
+    Case("rag index", lambda f: ["rag", "index", f["good.jsonl"], "--out", f["existing"]],
+         ("existing", "--overwrite"), keeps="existing"),
+    Case("rag index", lambda f: ["rag", "index", f["good.jsonl"], "--chunk-chars", "50",
+         "--overlap", "50", "--out", _out(f, "kb2")], ("--overlap", "below --chunk-chars")),
+    Case("rag index", lambda f: ["rag", "index", f["good.jsonl"], "--dense",
+         _out(f, "no_model"), "--out", _out(f, "kb3")], ("no_model", "no such model dir")),
+    Case("rag index", lambda f: ["rag", "index", f["good.jsonl"], "--add", "--out",
+         _out(f, "no_kb")], ("no_kb", "chuan rag index")),
+    Case("rag search", lambda f: ["rag", "search", _out(f, "no_kb"), "query"],
+         ("no_kb", "manifest.json", "chuan rag index")),
+    Case("rag search", lambda f: ["rag", "search", f["existing"], "q", "--threshold", "2"],
+         ("--threshold", "<= 1"), code=2),
+    Case("rag make-qa", lambda f: ["rag", "make-qa", f["good.jsonl"], "--out",
+         _out(f, "qa.jsonl")], ("nothing to ask",)),
+    Case("rag eval", lambda f: ["rag", "eval", _out(f, "no_kb"), f["good.jsonl"], "--out",
+         _out(f, "ev")], ("no_kb", "chuan rag index")),
 ]  # fmt: skip
 
 
