@@ -280,6 +280,14 @@ CASES = [
          _out(f, "qa.jsonl")], ("nothing to ask",)),
     Case("rag eval", lambda f: ["rag", "eval", _out(f, "no_kb"), f["good.jsonl"], "--out",
          _out(f, "ev")], ("no_kb", "chuan rag index")),
+    Case("rag ask", lambda f: ["rag", "ask", f["model"], _out(f, "no_kb"), "q"],
+         ("no_kb", "chuan rag index")),
+    Case("rag ask", lambda f: ["rag", "ask", f["model"], f["existing"], "q", "--cite-threshold",
+         "1.5"], ("--cite-threshold", "<= 1"), code=2),
+    Case("chat", lambda f: ["chat", f["model"], "--kb", _out(f, "no_kb")],
+         ("no_kb", "chuan rag index")),
+    Case("serve", lambda f: ["serve", f["model"], "--kb", _out(f, "no_kb")],
+         ("no_kb", "chuan rag index")),
 ]  # fmt: skip
 
 

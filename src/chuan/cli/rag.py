@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from chuan.cli.options import float_in, int_at_least
+from chuan.cli.options import add_retrieval_arguments, add_search_arguments, int_at_least
 
 _TEXT_WIDTH = 160
 
@@ -86,25 +86,25 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"report in {args.out}/report.md")
 
 
-def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    from chuan.rag.kb import DEFAULT_THRESHOLD, MODES
+def _ask(args: argparse.Namespace) -> None:
+    from chuan.cli.generate import grounded_reply, load_chat_model, open_retrieval
 
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default="sparse",
-        help="sparse: BM25; dense: cosine of the dense vectors; hybrid: reciprocal rank fusion "
-        "(k=60) of both (dense and hybrid need a KB indexed with --dense)",
+    retrieval = open_retrieval(args, args.kb)  # a bad KB fails before the model loads
+    model, tokenizer, cfg = load_chat_model(args)
+    messages = [{"role": "user", "content": args.question}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    if not args.json:
+        grounded_reply(retrieval, model, tokenizer, cfg, messages)
+        return
+    from chuan.infer.chat import fits_context, stream_chat
+
+    answer = retrieval.ask(
+        messages,
+        lambda grounded: stream_chat(model, tokenizer, grounded, cfg),
+        fits=fits_context(model, tokenizer, cfg),
     )
-    parser.add_argument(
-        "--threshold",
-        type=float_in(0, 1),
-        default=DEFAULT_THRESHOLD,
-        metavar="X",
-        help="relevance filter: the BM25 score divided by the query's attainable maximum (the "
-        "sum of its terms' idf) must reach X, or nothing is returned; 0 turns it off "
-        f"(default {DEFAULT_THRESHOLD})",
-    )
+    print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=1))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -179,7 +179,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     search.add_argument("-k", type=int_at_least(1), default=5, help="hits to show (default 5)")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.add_argument("--device", help="for a KB with model vectors: cpu, cuda, ...")
-    _add_search_arguments(search)
+    add_search_arguments(search)
     search.set_defaults(func=_search)
 
     make_qa = actions.add_parser(
@@ -219,5 +219,32 @@ def register(verbs: argparse._SubParsersAction) -> None:
     evaluate.add_argument("qa", metavar="QA.jsonl", help="questions from `chuan rag make-qa`")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
     evaluate.add_argument("-k", type=int_at_least(1), default=5, help="the k of recall@k")
-    _add_search_arguments(evaluate)
+    add_search_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
+
+    from chuan.cli.generate import add_chat_model_arguments
+
+    ask = actions.add_parser(
+        "ask",
+        help="answer a question from a knowledge base with a model, citing sources",
+        description="Retrieve the chunks of KB that answer QUESTION, put them numbered [1]..[k] "
+        "into the prompt (in the model's chat template) with an instruction to cite them, "
+        "generate, and check the reply's citations: a number that names no given source is "
+        "removed; a sentence without one is given the source that shares enough of its terms "
+        "(--cite-threshold). The cited sources follow as [n] file:line and a snippet. When the "
+        "relevance filter finds nothing, the answer says so (in Chinese and English) and the "
+        "model is not asked. See docs/rag.md.",
+        epilog='example: chuan rag ask runs/sft/model runs/kb "《登鹳雀楼》是谁写的？"',
+    )
+    add_chat_model_arguments(ask)
+    ask.add_argument("kb", metavar="KB", help="a dir written by `chuan rag index`")
+    ask.add_argument("question", help="the question, Chinese or English")
+    ask.add_argument("--system", default=None, help="system prompt (default: none)")
+    ask.add_argument(
+        "--json",
+        action="store_true",
+        help="print the answer as JSON: question, text, citations (index, source, line, start, "
+        "end, text, score, relevance, chunk), retrieved, removed and added citation numbers",
+    )
+    add_retrieval_arguments(ask)
+    ask.set_defaults(func=_ask)

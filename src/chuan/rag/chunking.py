@@ -34,8 +34,8 @@ _PARAGRAPH = re.compile(r"[^\n]*(?:\n[ \t\r\f\v]*)+|[^\n]+$")
 # A sentence ends after Chinese terminal punctuation, or after English . ! ? followed by
 # whitespace or the end (so "3.14" is no end); closing quotes/brackets and the whitespace after
 # the end stay with its sentence.
-_CLOSERS = "\"'”’」』）)》〉】\\]"
-_SENTENCE_END = re.compile(rf"[。！？；…]+[{_CLOSERS}]*\s*|[!?.]+[{_CLOSERS}]*(?:\s+|$)")
+CLOSERS = "\"'”’」』）)》〉】\\]"
+_SENTENCE_END = re.compile(rf"[。！？；…]+[{CLOSERS}]*\s*|[!?.]+[{CLOSERS}]*(?:\s+|$)")
 
 
 @dataclass(frozen=True)
