@@ -30,7 +30,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_flags(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
     """The sampling flags; `defaults` maps flag dest to its default, `note` explains them."""
     specs = [
         ("--max-new-tokens", int_at_least(1), "tokens to generate at most"),
@@ -211,7 +211,7 @@ class ChatSession:
 def add_chat_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model dir, device, adapter and sampling flags of a chat verb (`chat`, `rag ask`)."""
     _add_model_flags(parser)
-    _add_sampling_flags(parser, {}, "default: from DIR")
+    add_sampling_arguments(parser, {}, "default: from DIR")
     add_adapter_argument(parser)
 
 
@@ -230,7 +230,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer files in DIR)")
     prompt.add_argument("--prompt-ids", help="prompt as token ids, e.g. '1 345 22' (default: BOS)")
     greedy = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
-    _add_sampling_flags(gen, {**greedy, "repetition_penalty": 1.0}, "")
+    add_sampling_arguments(gen, {**greedy, "repetition_penalty": 1.0}, "")
     gen.set_defaults(func=_generate)
 
     chat = verbs.add_parser(

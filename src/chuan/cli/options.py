@@ -137,8 +137,6 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser, *, prefix: str = "-
     """How a grounded answer retrieves and checks citations: `-k`, `--mode`, `--threshold`,
     `--cite-threshold`, the first three named `--kb-k`, `--kb-mode`, `--kb-threshold` beside a
     model's own flags (`chuan chat`, `chuan serve`), where `--top-k` already means sampling."""
-    from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
-
     parser.add_argument(
         "--kb-k" if prefix == "--kb-" else "-k",
         dest="kb_k",
@@ -149,6 +147,13 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser, *, prefix: str = "-
         "when they do not fit the context; default 5)",
     )
     add_search_arguments(parser, prefix=prefix)
+    add_cite_threshold_argument(parser)
+
+
+def add_cite_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cite-threshold`: when the citation checker cites an uncited sentence."""
+    from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
+
     parser.add_argument(
         "--cite-threshold",
         type=float_in(0, 1),

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from chuan.cli.options import add_retrieval_arguments, add_search_arguments, int_at_least
+from chuan.cli.generate import add_chat_model_arguments, add_sampling_arguments
+from chuan.cli.options import (
+    add_adapter_argument,
+    add_cite_threshold_argument,
+    add_device_arguments,
+    add_retrieval_arguments,
+    add_search_arguments,
+    int_at_least,
+)
 
 _TEXT_WIDTH = 160
 
@@ -74,8 +82,21 @@ def _make_qa(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from chuan.rag.evaluate import evaluate
 
+    answering = {}
+    if args.model:
+        from chuan.cli.generate import load_chat_model
+        from chuan.infer.chat import fits_context, stream_chat
+
+        model, tokenizer, cfg = load_chat_model(args)
+        answering = {
+            "generate": lambda messages: stream_chat(model, tokenizer, messages, cfg),
+            "fits": fits_context(model, tokenizer, cfg),
+            "limit": args.limit,
+            "cite_threshold": args.cite_threshold,
+            "model": args.model,
+        }
     report = evaluate(args.kb, args.qa, args.out, k=args.k, mode=args.mode,
-                      threshold=args.threshold)  # fmt: skip
+                      threshold=args.threshold, **answering)  # fmt: skip
     for kind, row in report["types"].items():
         scores = ", ".join(f"{name} {value:.3f}" for name, value in row.items()
                            if isinstance(value, float))  # fmt: skip
@@ -83,6 +104,11 @@ def _eval(args: argparse.Namespace) -> None:
     ab = report["abstention"]
     if ab["precision"] is not None:
         print(f"abstention precision {ab['precision']:.3f}, recall {ab['recall'] or 0:.3f}")
+    for kind, row in report.get("answers", {}).get("types", {}).items():
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in row.items()
+                           if isinstance(value, float))  # fmt: skip
+        print(f"answers, {kind}: {row['answered']} answered, {row['cited']} citing"
+              f"{', ' + scores if scores else ''}")  # fmt: skip
     print(f"report in {args.out}/report.md")
 
 
@@ -220,9 +246,28 @@ def register(verbs: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
     evaluate.add_argument("-k", type=int_at_least(1), default=5, help="the k of recall@k")
     add_search_arguments(evaluate)
+    evaluate.add_argument(
+        "--model",
+        metavar="DIR",
+        help="also answer questions with this chat model dir, citing the top k chunks, and "
+        "report per type the answers' exact match (the normalised gold answer contained in "
+        "the answer; for unanswerable questions, the no-source answer) and citation precision "
+        "(the share of cited sources that overlap the gold evidence, or come from its "
+        "document); the answers go to OUT/answers.jsonl",
+    )
+    evaluate.add_argument(
+        "--limit",
+        type=int_at_least(1),
+        default=20,
+        metavar="N",
+        help="with --model: answer the first N questions of each type (default 20; "
+        "retrieval is scored on all)",
+    )
+    add_cite_threshold_argument(evaluate)
+    add_device_arguments(evaluate)
+    add_adapter_argument(evaluate)
+    add_sampling_arguments(evaluate, {"temperature": 0.0}, "default: from --model's dir")
     evaluate.set_defaults(func=_eval)
-
-    from chuan.cli.generate import add_chat_model_arguments
 
     ask = actions.add_parser(
         "ask",

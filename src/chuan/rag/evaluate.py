@@ -15,19 +15,38 @@ A question that the filter answers with nothing scores 0 on all of them (trec_ev
 and overstate the mean). Unanswerable questions are scored on abstention: its precision is the
 share of abstentions (empty results) that were unanswerable questions, its recall the share of
 unanswerable questions that got none.
+
+With a generator (`chuan rag eval --model`), the first `limit` questions of each type are also
+answered with citations (`chuan.rag.answer`) and scored per type:
+
+- `exact_match`: the gold answer (any of the `、`-separated alternatives: a title several poets
+  used) is contained in the answer, both normalised (NFKC, Traditional folded to Simplified as
+  the KB's analyzer does, lowercase, punctuation and spaces removed); for an unanswerable
+  question, the answer is the fixed "no relevant source" message; types without gold answers
+  (cross_lingual) have none;
+- `citation_precision_chunk` / `citation_precision_doc`: the share of an answer's cited sources
+  that overlap the gold evidence / come from the gold document, averaged over the answers that
+  cite anything (`cited` counts them).
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from chuan.documents import RecordError, iter_records
 from chuan.errors import DependencyError
-from chuan.fileio import write_report
+from chuan.fileio import write_jsonl, write_report
+from chuan.rag.answer import NO_SOURCE_ANSWER, Fits, Retrieval
+from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
 from chuan.rag.kb import DEFAULT_THRESHOLD, KnowledgeBase
 
 DEPTH = 10
+ANSWERS = "answers.jsonl"
+# What answer matching ignores: punctuation, symbols and spaces of any script.
+_NOT_WORD = re.compile(r"[\W_]+")
 
 
 def read_qa(path: str | Path) -> list[dict]:
@@ -71,6 +90,62 @@ def _relevant(kb: KnowledgeBase, qa_path, question: dict) -> set[int]:
     return relevant
 
 
+def _gold_documents(kb: KnowledgeBase, question: dict) -> set[int]:
+    """Every chunk of the documents that hold the question's evidence."""
+    return {
+        i for e in question["gold"] for i in kb.chunks_by_line.get((e["sha256"], e["line"]), [])
+    }
+
+
+def _answer_scores(
+    retrieval: Retrieval,
+    qa_path,
+    questions: list[dict],
+    generate: Callable[[list[dict]], Iterable[str]],
+    fits: Fits | None,
+    limit: int | None,
+) -> tuple[dict, list[dict]]:
+    """Answer the first `limit` questions of each type; the scores per type and the answers."""
+    normalize = retrieval.kb.analyzer.normalize
+
+    def norm(text: str) -> str:
+        return _NOT_WORD.sub("", normalize(text)).lower()
+
+    taken: dict[str, int] = defaultdict(int)
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    answers = []
+    for question in questions:
+        kind = question["type"]
+        if limit is not None and taken[kind] >= limit:
+            continue
+        taken[kind] += 1
+        messages = [{"role": "user", "content": question["question"]}]
+        answer = retrieval.ask(messages, generate, fits=fits)
+        row = rows[kind]
+        if not question["gold"]:
+            row["exact_match"].append(float(answer.text == NO_SOURCE_ANSWER))
+        elif question.get("answer"):
+            golds = [norm(g) for g in question["answer"].split("、")]
+            row["exact_match"].append(float(any(g and g in norm(answer.text) for g in golds)))
+        cited = [c["chunk"] for c in answer.citations]
+        if cited and question["gold"]:
+            gold_chunks = _relevant(retrieval.kb, qa_path, question)
+            gold_docs = _gold_documents(retrieval.kb, question)
+            row["citation_precision_chunk"].append(
+                sum(c in gold_chunks for c in cited) / len(cited)
+            )
+            row["citation_precision_doc"].append(sum(c in gold_docs for c in cited) / len(cited))
+        answers.append({"id": question["id"], "type": kind, "question": question["question"],
+                        "gold_answer": question.get("answer"), **answer.to_dict()})  # fmt: skip
+    types = {}
+    for kind, row in rows.items():
+        types[kind] = {"answered": taken[kind], "cited": len(row["citation_precision_chunk"])}
+        for name in ("exact_match", "citation_precision_chunk", "citation_precision_doc"):
+            values = row.get(name)
+            types[kind][name] = sum(values) / len(values) if values else None
+    return types, answers
+
+
 def evaluate(
     kb_path: str | Path,
     qa_path: str | Path,
@@ -79,8 +154,18 @@ def evaluate(
     k: int = 5,
     mode: str = "sparse",
     threshold: float | None = None,
+    generate: Callable[[list[dict]], Iterable[str]] | None = None,
+    fits: Fits | None = None,
+    limit: int | None = None,
+    cite_threshold: float = DEFAULT_CITE_THRESHOLD,
+    model: str | None = None,
 ) -> dict:
-    """Search every question, score per type, write `out/report.{json,md}`; returns the report."""
+    """Search every question, score per type, write `out/report.{json,md}`; returns the report.
+
+    With `generate` (messages -> text pieces, e.g. a chat model's `stream_chat`; `fits` checks
+    a prompt fits its context), the first `limit` questions of each type are answered with
+    citations too, scored under `answers` (see the module docstring; `model` names the
+    generator in the report), and written to `out/answers.jsonl`."""
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     kb = KnowledgeBase.open(kb_path)
     questions = read_qa(qa_path)
@@ -139,6 +224,13 @@ def evaluate(
             "recall": correct / len(unanswerable) if unanswerable else None,
         },
     }
+    if generate is not None:
+        retrieval = Retrieval(kb, k=k, mode=mode, threshold=threshold,
+                              cite_threshold=cite_threshold)  # fmt: skip
+        types, answers = _answer_scores(retrieval, qa_path, questions, generate, fits, limit)
+        report["answers"] = {"model": model, "limit": limit, "cite_threshold": cite_threshold,
+                             "types": types}  # fmt: skip
+        write_jsonl(Path(out) / ANSWERS, answers)
     write_report(out, report, _markdown(report))
     return report
 
@@ -174,4 +266,32 @@ def _markdown(report: dict) -> str:
         f"the relevant chunks in the top {k} (R@{k}); measures by ir-measures.",
         "",
     ]
+    if "answers" in report:
+        lines += _answers_markdown(report["answers"], fmt)
     return "\n".join(lines)
+
+
+def _answers_markdown(answers: dict, fmt) -> list[str]:
+    lines = [
+        "## Cited answers",
+        "",
+        f"Model `{answers['model']}`, the first {answers['limit'] or 'all'} questions of each "
+        f"type, citation threshold {answers['cite_threshold']:g}; every answer in `{ANSWERS}`.",
+        "",
+        "| type | answered | exact match | cited | citation precision (chunk) | (document) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, row in answers["types"].items():
+        lines.append(
+            f"| {kind} | {row['answered']} | {fmt(row['exact_match'])} | {row['cited']} | "
+            f"{fmt(row['citation_precision_chunk'])} | {fmt(row['citation_precision_doc'])} |"
+        )
+    lines += [
+        "",
+        "Exact match: the normalised gold answer is contained in the answer (for unanswerable "
+        "questions: the answer is the fixed no-source message). Citation precision: the share "
+        "of cited sources overlapping the gold evidence (chunk) or from its document, over the "
+        "answers that cite something.",
+        "",
+    ]
+    return lines
