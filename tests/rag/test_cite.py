@@ -125,8 +125,10 @@ def test_ask_with_a_stub_generator_lists_sources_that_resolve(small_kb):
     assert answer.text == "《登鹳雀楼》是王之涣写的[1]。白日依山尽，黄河入海流[1]。见。"
     assert answer.removed == [12] and answer.added == [1]
     assert [c["index"] for c in answer.citations] == [1]
-    assert all(c["index"] <= answer.retrieved for c in answer.citations)
-    top = retrieval.search("《登鹳雀楼》是谁写的？")[0]
+    hits = retrieval.search("《登鹳雀楼》是谁写的？")
+    assert [(s["index"], s["line"]) for s in answer.sources] == [(h.rank, h.line) for h in hits]
+    assert {c["index"] for c in answer.citations} <= {s["index"] for s in answer.sources}
+    top = hits[0]
     assert answer.citations[0]["source"] == top.source and answer.citations[0]["line"] == top.line
     for citation in answer.citations:
         _resolves(citation)
@@ -142,7 +144,7 @@ def test_no_relevant_source_answers_without_the_generator(small_kb):
     question = [{"role": "user", "content": "量子色动力学的渐近自由是什么？"}]
     assert retrieval.search(question[0]["content"]) == []
     answer = retrieval.ask(question, generate)
-    assert answer.text == NO_SOURCE_ANSWER and answer.citations == []
+    assert answer.text == NO_SOURCE_ANSWER and answer.citations == answer.sources == []
     shown = []
     direct = ask(question, [], generate, terms=TERMS, on_text=shown.append)
     assert direct.text == NO_SOURCE_ANSWER and shown == [NO_SOURCE_ANSWER]

@@ -289,7 +289,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="print the answer as JSON: question, text, citations (index, source, line, start, "
-        "end, text, score, relevance, chunk), retrieved, removed and added citation numbers",
+        "end, text, score, relevance, chunk), sources (the prompt's: index, source, line, start, "
+        "end), removed and added citation numbers",
     )
     add_retrieval_arguments(ask)
     ask.set_defaults(func=_ask)

@@ -51,15 +51,17 @@ class Source:
     hit: Hit
     text: str
 
+    def reference(self) -> dict:
+        """Where the source is: its number, file, line and character span."""
+        hit = self.hit
+        return {"index": self.index, "source": hit.source, "line": hit.line, "start": hit.start,
+                "end": hit.end}  # fmt: skip
+
     def citation(self) -> dict:
-        """The citation as the API and `--json` give it."""
+        """The citation as the API and `--json` give it: the reference, text and scores."""
         hit = self.hit
         return {
-            "index": self.index,
-            "source": hit.source,
-            "line": hit.line,
-            "start": hit.start,
-            "end": hit.end,
+            **self.reference(),
             "text": hit.text,
             "score": hit.score,
             "relevance": hit.relevance,
@@ -146,12 +148,13 @@ def ground(
 
 @dataclass
 class Answer:
-    """A checked answer: its text, the sources it cites, and what the checker changed."""
+    """A checked answer: its text, the sources it cites, the sources its prompt held (their
+    references; empty when nothing relevant was found), and what the checker changed."""
 
     question: str
     text: str
     citations: list[dict]
-    retrieved: int
+    sources: list[dict]
     removed: list[int]
     added: list[int]
 
@@ -176,7 +179,7 @@ def ask(
     if turn.fixed_reply is not None:
         if on_text is not None:
             on_text(turn.fixed_reply)
-        return Answer(question, turn.fixed_reply, [], 0, [], [])
+        return Answer(question, turn.fixed_reply, [], [], [], [])
     checker = turn.checker()
     parts = []
     for piece in [*generate(turn.messages), None]:
@@ -189,7 +192,7 @@ def ask(
         question,
         "".join(parts),
         turn.citations(checker.cited),
-        len(turn.sources),
+        [s.reference() for s in turn.sources],
         checker.removed,
         checker.added,
     )
