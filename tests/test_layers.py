@@ -2,7 +2,7 @@
 
 The order is the one docs/architecture.md draws: the leaves (`errors`, `fileio`, `config`,
 `documents`) at the bottom, then `model`, `tokenizer`, `data`, `train`, `infer`, `eval`,
-`scaling`, `quickstart` and `cli` on top. Imports inside functions count too: a lazy import
+`rag`, `scaling`, `quickstart` and `cli` on top. Imports inside functions count too: a lazy import
 hides a cycle from Python, not from a reader.
 """
 
@@ -25,6 +25,7 @@ LAYERS = [
     {"infer"},
     {"align"},
     {"eval"},
+    {"rag"},
     {"scaling"},
     {"quickstart"},
     {"cli"},

@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-import uvicorn
 
 from chuan.infer.chat import build_chat_input
 from chuan.infer.engine import Engine, GenerationError, RowFinished, RowSpec
@@ -29,37 +26,16 @@ from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.sampling import generation_defaults
 from chuan.infer.server import create_app
 from chuan.infer.text import TextStream
-from helpers.corpus import write_jsonl
-from helpers.pretrain_fixtures import bible_documents
+from helpers.serving import GENERATION_CONFIG, chat_model_dir, running
 
 KEY = "test-key"
 NAME = "tiny-chat"
 USER, ASSISTANT = 195, 196  # Baichuan 2 role ids
-# Written into the model dir: what the server falls back on where OpenAI has no default.
-GENERATION_CONFIG = {
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-    "do_sample": True,
-    "max_new_tokens": 6,
-    "temperature": 0.3,
-    "top_k": 4,
-    "top_p": 0.85,
-    "repetition_penalty": 1.1,
-}
 
 
 @pytest.fixture(scope="module")
 def model_dir(test_data, tmp_path_factory) -> Path:
-    from chuan.model.checkpoint import init_model_dir
-    from chuan.tokenizer.train import train_tokenizer
-
-    root = tmp_path_factory.mktemp("serve")
-    corpus = write_jsonl(root / "corpus.jsonl", bible_documents(test_data, 100))
-    train_tokenizer(corpus, root / "tok", vocab_size=1200, num_threads=1, progress=False)
-    init_model_dir(root / "model", "tiny", tokenizer_dir=root / "tok", seed=5)
-    (root / "model" / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
-    return root / "model"
+    return chat_model_dir(test_data, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +57,8 @@ def engine(model, tokenizer, model_dir):
 @pytest.fixture(scope="module")
 def base_url(engine) -> str:
     """A uvicorn server for the module, on a loopback port the OS picked."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(engine, model_name=NAME, api_key=KEY)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with running(create_app(engine, model_name=NAME, api_key=KEY)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,11 @@ stopped."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from chuan.cli import main
 from chuan.quickstart import STAGES
+from chuan.rag.answer import NO_SOURCE_ANSWER
 
 SMALL = ["--max-docs", "30", "--steps", "12", "--quiet"]
 
@@ -48,6 +50,21 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     assert "chuan pretrain --config" in markdown
     assert "chuan sft --config configs/sft-tiny-cpu.yaml" in markdown
     assert "Held-out assistant loss" in markdown
+    rag = report["rag"]  # the fine-tuned model answers from a KB of the sample, citing it
+    assert rag["chunks"] > 0 and len(rag["answers"]) == 3
+    found, unknown = rag["answers"][:2], rag["answers"][2]
+    assert all(a["sources"] for a in found)
+    assert unknown["sources"] == [] and unknown["text"] == NO_SOURCE_ANSWER
+    for answer in found:  # every source given and cited is a document of the sample
+        given = {s["index"]: s for s in answer["sources"]}
+        assert {c["index"] for c in answer["citations"]} <= set(given)
+        for source in answer["sources"]:
+            lines = Path(source["source"]).read_text(encoding="utf-8").splitlines()
+            assert source["end"] <= len(json.loads(lines[source["line"] - 1])["text"])
+    top = found[0]["sources"][0]  # 《登鹳雀楼》 is the second poem of the sample
+    assert top["source"].endswith("poetry_zh.jsonl") and top["line"] == 2
+    assert "## cited answers" in markdown and NO_SOURCE_ANSWER in markdown
+    assert "chuan rag ask" in markdown
 
 
 def test_quickstart_rejects_unknown_stage(tmp_path, capsys):

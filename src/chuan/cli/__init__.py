@@ -28,6 +28,7 @@ VERB_MODULES = (
     "quickstart",
     "scaling",
     "serve",
+    "rag",
 )
 
 

@@ -8,7 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from chuan.cli.options import add_adapter_argument, add_device_arguments, float_in, int_at_least
+from chuan.cli.options import (
+    add_adapter_argument,
+    add_device_arguments,
+    add_retrieval_arguments,
+    float_in,
+    int_at_least,
+)
 from chuan.errors import InputError, MissingError
 
 CHAT_COMMANDS = "/clear (forget the conversation), /system TEXT (set the system prompt), /exit"
@@ -24,7 +30,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_flags(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: dict, note: str) -> None:
     """The sampling flags; `defaults` maps flag dest to its default, `note` explains them."""
     specs = [
         ("--max-new-tokens", int_at_least(1), "tokens to generate at most"),
@@ -87,8 +93,10 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps({"prompt_ids": prompt, "new_ids": ids}))
 
 
-def _chat(args: argparse.Namespace) -> None:
-    from chuan.infer.chat import stream_chat
+def load_chat_model(args: argparse.Namespace):
+    """The model, tokenizer and sampling settings of a chat verb (`chat`, `rag ask`): the
+    model dir (with `--adapter`), its tokenizer and generation defaults, the flags applied;
+    the settings are printed to stderr."""
     from chuan.infer.loading import load_model, load_saved_tokenizer, side_files_dir
     from chuan.infer.sampling import describe, generation_defaults
 
@@ -101,6 +109,40 @@ def _chat(args: argparse.Namespace) -> None:
     cfg = _sampling_config(args, generation_defaults(side))
     model = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
     print(f"generation settings: {describe(cfg)}", file=sys.stderr)
+    return model, tokenizer, cfg
+
+
+def open_retrieval(args: argparse.Namespace, kb: str):
+    """The knowledge base `kb` with the retrieval flags of `add_retrieval_arguments`."""
+    from chuan.rag.answer import Retrieval
+
+    return Retrieval.open(kb, device=args.device, k=args.kb_k, mode=args.mode,
+                          threshold=args.threshold, cite_threshold=args.cite_threshold)  # fmt: skip
+
+
+def grounded_reply(retrieval, model, tokenizer, cfg, messages: list[dict]):
+    """Answer the last of `messages` from the knowledge base, printing the checked text as it
+    becomes final and then the cited sources (`chuan chat --kb`, `chuan rag ask`)."""
+    from chuan.infer.chat import fits_context, stream_chat
+    from chuan.rag.answer import format_citations
+
+    answer = retrieval.ask(
+        messages,
+        lambda grounded: stream_chat(model, tokenizer, grounded, cfg),
+        fits=fits_context(model, tokenizer, cfg),
+        on_text=lambda text: print(text, end="", flush=True),
+    )
+    print()
+    if answer.citations:
+        print(f"sources:\n{format_citations(answer.citations)}")
+    return answer
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from chuan.infer.chat import stream_chat
+
+    retrieval = open_retrieval(args, args.kb) if args.kb else None  # a bad KB fails first
+    model, tokenizer, cfg = load_chat_model(args)
     session = ChatSession(args.system or "")
     interactive = sys.stdin.isatty()
     if interactive:
@@ -120,6 +162,10 @@ def _chat(args: argparse.Namespace) -> None:
             continue
         if interactive:
             print("assistant> ", end="", flush=True)
+        if retrieval is not None:
+            answer = grounded_reply(retrieval, model, tokenizer, cfg, session.messages(text))
+            session.answered(text, answer.text)
+            continue
         pieces = []
         for piece in stream_chat(model, tokenizer, session.messages(text), cfg):
             pieces.append(piece)
@@ -162,7 +208,15 @@ class ChatSession:
         return True
 
 
+def add_chat_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model dir, device, adapter and sampling flags of a chat verb (`chat`, `rag ask`)."""
+    _add_model_flags(parser)
+    add_sampling_arguments(parser, {}, "default: from DIR")
+    add_adapter_argument(parser)
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
+
     gen = verbs.add_parser(
         "generate",
         help="generate a continuation with a model dir",
@@ -176,7 +230,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer files in DIR)")
     prompt.add_argument("--prompt-ids", help="prompt as token ids, e.g. '1 345 22' (default: BOS)")
     greedy = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
-    _add_sampling_flags(gen, {**greedy, "repetition_penalty": 1.0}, "")
+    add_sampling_arguments(gen, {**greedy, "repetition_penalty": 1.0}, "")
     gen.set_defaults(func=_generate)
 
     chat = verbs.add_parser(
@@ -190,10 +244,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "come from DIR/generation_config.json, with Baichuan 2's chat defaults (temperature "
         "0.3, top-k 5, top-p 0.85, repetition penalty 1.05, 2048 new tokens) for what it "
         "leaves out; the flags override them and the settings used are printed to stderr. "
-        "Sampling makes replies differ run to run: give --seed or --temperature 0.",
+        "Sampling makes replies differ run to run: give --seed or --temperature 0. "
+        "With --kb, every message is answered from a knowledge base with cited sources "
+        "(see docs/rag.md).",
     )
-    _add_model_flags(chat)
+    add_chat_model_arguments(chat)
     chat.add_argument("--system", default=None, help="system prompt (default: none)")
-    _add_sampling_flags(chat, {}, "default: from DIR")
-    add_adapter_argument(chat)
+    chat.add_argument(
+        "--kb",
+        metavar="KB",
+        help="answer from this knowledge base (`chuan rag index`): each message retrieves "
+        "sources that go into the prompt numbered [n]; the reply's citations are checked and "
+        "the cited sources listed as [n] file:line; with nothing relevant the reply says so "
+        "and the model is not asked",
+    )
+    add_retrieval_arguments(chat, prefix="--kb-")
     chat.set_defaults(func=_chat)

@@ -131,3 +131,60 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {value}")
     return value
+
+
+def add_retrieval_arguments(parser: argparse.ArgumentParser, *, prefix: str = "--") -> None:
+    """How a grounded answer retrieves and checks citations: `-k`, `--mode`, `--threshold`,
+    `--cite-threshold`, the first three named `--kb-k`, `--kb-mode`, `--kb-threshold` beside a
+    model's own flags (`chuan chat`, `chuan serve`), where `--top-k` already means sampling."""
+    parser.add_argument(
+        "--kb-k" if prefix == "--kb-" else "-k",
+        dest="kb_k",
+        type=int_at_least(1),
+        default=5,
+        metavar="N",
+        help="sources retrieved for each question, numbered [1]..[N] in the prompt (fewer "
+        "when they do not fit the context; default 5)",
+    )
+    add_search_arguments(parser, prefix=prefix)
+    add_cite_threshold_argument(parser)
+
+
+def add_cite_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cite-threshold`: when the citation checker cites an uncited sentence."""
+    from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
+
+    parser.add_argument(
+        "--cite-threshold",
+        type=float_in(0, 1),
+        default=DEFAULT_CITE_THRESHOLD,
+        metavar="X",
+        help="a reply sentence without a citation is given one to the source holding the "
+        "largest share of its terms (English words, Chinese character bigrams) when that share "
+        f"reaches X, else it stays uncited (default {DEFAULT_CITE_THRESHOLD})",
+    )
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, *, prefix: str = "--") -> None:
+    """The search flags (`chuan rag search|eval|ask`, and with `--kb-` in front of their
+    names `chuan chat` and `chuan serve`): the mode and the relevance filter."""
+    from chuan.rag.kb import DEFAULT_THRESHOLD, MODES
+
+    parser.add_argument(
+        f"{prefix}mode",
+        dest="mode",
+        choices=MODES,
+        default="sparse",
+        help="sparse: BM25; dense: cosine of the dense vectors; hybrid: reciprocal rank fusion "
+        "(k=60) of both (dense and hybrid need a KB indexed with --dense)",
+    )
+    parser.add_argument(
+        f"{prefix}threshold",
+        dest="threshold",
+        type=float_in(0, 1),
+        default=DEFAULT_THRESHOLD,
+        metavar="X",
+        help="relevance filter: the BM25 score divided by the query's attainable maximum (the "
+        "sum of its terms' idf) must reach X, or nothing is returned; 0 turns it off "
+        f"(default {DEFAULT_THRESHOLD})",
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 from chuan.cli.options import (
     add_adapter_argument,
     add_device_arguments,
+    add_retrieval_arguments,
     int_at_least,
     port_number,
 )
@@ -37,6 +38,7 @@ def api_key(flag: str | None) -> str | None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from chuan.cli.generate import open_retrieval
     from chuan.infer.engine import load_engine
     from chuan.infer.server import create_app
 
@@ -51,6 +53,7 @@ def _serve(args: argparse.Namespace) -> None:
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     model_name = args.model_name or Path(args.model).resolve().name
+    grounding = open_retrieval(args, args.kb) if args.kb else None
     with load_engine(
         args.model,
         device=args.device,
@@ -58,11 +61,13 @@ def _serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         adapter=args.adapter,
     ) as engine:
-        app = create_app(engine, model_name=model_name, api_key=key)
+        app = create_app(engine, model_name=model_name, api_key=key, grounding=grounding)
+        kb = f", answering from {args.kb}" if args.kb else ""
         print(
             f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1 "
             f"({next(engine.model.parameters()).device}, max batch {args.max_batch}, "
-            f"context {engine.context_length}, key {'required' if key else 'not required'})",
+            f"context {engine.context_length}, key {'required' if key else 'not required'}"
+            f"{kb})",
             file=sys.stderr,
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -75,7 +80,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Serve a model dir (with tokenizer files) over HTTP with OpenAI's API: "
         "GET /v1/models, POST /v1/chat/completions (in the model's chat template, Baichuan "
         "2's by default), POST /v1/completions, both with stream=true (server-sent "
-        "events), and GET /health. "
+        "events), and GET /health. With --kb, chat completions answer from a knowledge base: "
+        "sources retrieved with the last user message go into the prompt numbered [n], the "
+        "reply's citations are checked, and the response (the last chunk when streamed) has a "
+        "top-level `citations` list; POST /v1/kb/search searches the knowledge base. "
         "One worker thread owns the model and decodes concurrent requests together in "
         "batches of up to --max-batch rows, each row with its own sampling settings. "
         "See docs/serve.md.",
@@ -107,6 +115,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     add_device_arguments(serve)
     add_adapter_argument(serve)
+    serve.add_argument(
+        "--kb",
+        metavar="KB",
+        help="answer chat completions from this knowledge base (`chuan rag index`) with checked "
+        "citations, and serve POST /v1/kb/search; see docs/rag.md",
+    )
+    add_retrieval_arguments(serve, prefix="--kb-")
     serve.add_argument(
         "--log-level",
         default="info",

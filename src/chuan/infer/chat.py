@@ -116,6 +116,20 @@ def _fitted(model, cfg: SamplingConfig) -> SamplingConfig:
     )
 
 
+def fits_context(model, tokenizer, cfg: SamplingConfig | None = None):
+    """A check that messages fit whole in the model's context beside the reply budget that
+    `stream_chat` gives `cfg`, so that a caller adding text to a prompt (retrieved sources)
+    can shorten it before `build_chat_input` would cut its start."""
+    cfg = _fitted(model, cfg or default_config(model, tokenizer))
+    room = model.config.model_max_length - cfg.max_new_tokens
+    template = template_for(tokenizer)
+
+    def fits(messages: Sequence[dict]) -> bool:
+        return len(template.prompt_ids(messages, add_generation_prompt=True)) <= room
+
+    return fits
+
+
 def stream_chat(
     model, tokenizer, messages: Sequence[dict], cfg: SamplingConfig | None = None
 ) -> Iterator[str]:

@@ -166,6 +166,16 @@ class CompletionRequest(GenerationRequest):
         return list(prompt)
 
 
+class KbSearchRequest(BaseModel):
+    """`POST /v1/kb/search` (chuan's own, with `chuan serve --kb`): the best `k` chunks of the
+    knowledge base for `query` (default: the server's `--k`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Annotated[str, Field(min_length=1)]
+    k: Annotated[int | None, Field(ge=1, le=100)] = None
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

@@ -1,7 +1,9 @@
 """`chuan serve`'s HTTP side: an OpenAI-compatible API (FastAPI) in front of an `Engine`.
 
 Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
-`POST /v1/completions` (both with `stream`), and `GET /health` (no key needed). Bodies are
+`POST /v1/completions` (both with `stream`), and `GET /health` (no key needed). With a knowledge
+base (`chuan serve --kb`, a `Grounding`), chat completions answer from retrieved sources with
+checked citations (a top-level `citations` list), and `POST /v1/kb/search` searches it. Bodies are
 parsed here rather than by FastAPI so that every failure (malformed JSON, a wrong field, a
 curl call without a JSON content type) gets one OpenAI-shaped error that names the field:
 `{"error": {"message", "type", "param", "code"}}`.
@@ -22,17 +24,19 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chuan.errors import InputError
 from chuan.infer import openai_schema as oa
 from chuan.infer.chat import build_chat_input
-from chuan.infer.engine import Engine, GenerationError, Job, RowSpec, TextDelta
+from chuan.infer.engine import Engine, GenerationError, Job, RowFinished, RowSpec, TextDelta
 from chuan.infer.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,22 @@ def _invalid_body(err: ValidationError) -> APIError:
     return APIError(400, f"{param}: {message}{more}" if param else message + more, param=param)
 
 
-async def _parse(request: Request, schema: type[oa.GenerationRequest]) -> oa.GenerationRequest:
+class Grounding(Protocol):
+    """A knowledge base behind chat completions (`chuan.rag.answer.Retrieval`). It is handed to
+    `create_app` rather than imported: the rag room sits above this one.
+
+    `ground(messages, fits)` retrieves with the last user message and returns the turn: its
+    `messages` (sources put in, fitted with `fits`), `fixed_reply` (the answer when nothing
+    relevant was found, else None), `checker()` (one citation checker per choice: `push`,
+    `flush`, `cited`) and `citations(numbers)` (the cited sources as dicts).
+    """
+
+    def ground(self, messages: list[dict], fits: Callable[[list[dict]], bool]) -> Any: ...
+
+    def search_results(self, query: str, k: int | None = None) -> list[dict]: ...
+
+
+async def _json_body(request: Request, schema: type[BaseModel]) -> BaseModel:
     """The request body validated against `schema`, whatever its content type says."""
     raw = await request.body()
     if not raw.strip():
@@ -90,9 +109,14 @@ async def _parse(request: Request, schema: type[oa.GenerationRequest]) -> oa.Gen
     if not isinstance(data, dict):
         raise APIError(400, f"the body must be a JSON object, got {type(data).__name__}")
     try:
-        body = schema.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         raise _invalid_body(err) from err
+
+
+async def _parse(request: Request, schema: type[oa.GenerationRequest]) -> oa.GenerationRequest:
+    """A generation request, with OpenAI's fields that chuan does not implement refused."""
+    body = await _json_body(request, schema)
     name = body.unsupported_field()
     if name is not None:
         raise APIError(400, f"{name}: not supported by chuan serve", param=name)
@@ -145,9 +169,9 @@ def _rows(
     return rows
 
 
-def _chat_ids(engine: Engine, body: oa.ChatCompletionRequest) -> list[int]:
-    """The Baichuan 2 chat input of the whole conversation (never cut: see module doc)."""
-    messages = [m.as_baichuan() for m in body.messages]
+def _chat_ids(engine: Engine, messages: list[dict]) -> list[int]:
+    """The chat input of the whole conversation in the model's template (never cut: see
+    module doc)."""
     try:
         return build_chat_input(engine.tokenizer, messages, 0, sys.maxsize)
     except ValueError as err:
@@ -211,7 +235,7 @@ class _ChatFormat:
             id=self.id, created=self.created, model=self.model, choices=[choice]
         )
 
-    def usage_chunk(self, usage: oa.Usage) -> BaseModel:
+    def usage_chunk(self, usage: oa.Usage | None) -> BaseModel:
         return oa.ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[], usage=usage
         )
@@ -269,28 +293,78 @@ class _CompletionFormat:
 Format = _ChatFormat | _CompletionFormat
 
 
+class _Citing:
+    """The citation side of one grounded response: a checker per choice, fed the choice's
+    text as it comes, and the sources cited by any choice."""
+
+    def __init__(self, turn, rows: int):
+        self.turn = turn
+        self.checkers = [turn.checker() for _ in range(rows)]
+
+    def push(self, row: int, text: str) -> str:
+        return self.checkers[row].push(text)
+
+    def flush(self, row: int) -> str:
+        return self.checkers[row].flush()
+
+    def citations(self) -> list[dict]:
+        return self.turn.citations(n for checker in self.checkers for n in checker.cited)
+
+
+class _FixedJob:
+    """A job whose rows all answer `text` without the model: a grounded turn with no
+    relevant source says so instead of generating."""
+
+    def __init__(self, rows: int, text: str):
+        self.rows = [text] * rows
+
+    async def events(self) -> AsyncIterator[TextDelta | RowFinished]:
+        for row, text in enumerate(self.rows):
+            yield TextDelta(row, text)
+            yield RowFinished(row, "stop", 0)
+
+    def cancel(self) -> None:
+        pass
+
+
 def _sse(payload: BaseModel | dict) -> str:
     data = payload if isinstance(payload, dict) else oa.dump(payload)
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 async def _stream(
-    job: Job, fmt: Format, prompts: list[list[int]], include_usage: bool
+    job: Job | _FixedJob,
+    fmt: Format,
+    prompts: list[list[int]],
+    include_usage: bool,
+    citing: _Citing | None,
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text delta, a finish chunk per choice, optionally
-    a usage chunk, then `[DONE]`. Leaving early (the client went away) cancels the job."""
+    a usage chunk, then `[DONE]`. Leaving early (the client went away) cancels the job.
+
+    With `citing`, a choice's text is sent a sentence at a time, citations checked, and the
+    last chunk (empty `choices`, with the usage when asked for) carries `citations`."""
     completion_tokens = 0
     try:
         for chunk in fmt.opening(len(job.rows)):
             yield _sse(chunk)
         async for event in job.events():
             if isinstance(event, TextDelta):
-                yield _sse(fmt.chunk(event.row, event.text, None))
+                text = event.text if citing is None else citing.push(event.row, event.text)
+                if text:
+                    yield _sse(fmt.chunk(event.row, text, None))
             else:
+                rest = "" if citing is None else citing.flush(event.row)
+                if rest:
+                    yield _sse(fmt.chunk(event.row, rest, None))
                 completion_tokens += event.completion_tokens
                 yield _sse(fmt.chunk(event.row, None, event.reason))
-        if include_usage:
-            yield _sse(fmt.usage_chunk(_usage(prompts, completion_tokens)))
+        if include_usage or citing is not None:
+            usage = _usage(prompts, completion_tokens) if include_usage else None
+            last = oa.dump(fmt.usage_chunk(usage))
+            if citing is not None:
+                last["citations"] = citing.citations()
+            yield _sse(last)
         yield "data: [DONE]\n\n"
     except GenerationError as err:
         yield _sse({"error": oa.dump(APIError(500, str(err), type="server_error").detail)})
@@ -298,7 +372,7 @@ async def _stream(
         job.cancel()
 
 
-async def _collect(job: Job) -> list[_Choice]:
+async def _collect(job: Job | _FixedJob) -> list[_Choice]:
     choices = [_Choice() for _ in job.rows]
     async for event in job.events():
         choice = choices[event.row]
@@ -314,7 +388,7 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def _collect_unless_gone(job: Job, request: Request) -> list[_Choice] | None:
+async def _collect_unless_gone(job: Job | _FixedJob, request: Request) -> list[_Choice] | None:
     """The job's choices, or None (and the job cancelled) when the client hangs up first.
 
     `Task.cancel()` only requests the cancellation (the task is not `cancelled()` until it
@@ -346,20 +420,34 @@ async def _respond(
     fmt: Format,
     prompts: list[list[int]],
     rows: list[RowSpec],
+    citing: _Citing | None = None,
 ) -> Response:
-    """Submit the rows; stream the events or answer once with the whole response."""
-    if not engine.alive:
+    """Submit the rows; stream the events or answer once with the whole response.
+
+    With `citing`, citations are checked and listed; a turn with a fixed reply (no relevant
+    source) answers it for every choice without submitting anything."""
+    fixed = None if citing is None else citing.turn.fixed_reply
+    if fixed is not None:
+        job = _FixedJob(body.n, fixed)
+    elif not engine.alive:
         raise APIError(503, "the generation worker has stopped", type="server_error")
-    job = engine.submit(rows, body.stop)
+    else:
+        job = engine.submit(rows, body.stop)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(job, fmt, prompts, include_usage)
+        events = _stream(job, fmt, prompts, include_usage, citing)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     choices = await _collect_unless_gone(job, request)
     if choices is None:
         return Response(status_code=499)  # client closed the request; nobody reads this
+    if citing is not None:
+        for row, choice in enumerate(choices):
+            choice.parts = [citing.push(row, choice.text) + citing.flush(row)]
     usage = _usage(prompts, sum(c.tokens for c in choices))
-    return JSONResponse(oa.dump(fmt.response(choices, usage)))
+    payload = oa.dump(fmt.response(choices, usage))
+    if citing is not None:
+        payload["citations"] = citing.citations()
+    return JSONResponse(payload)
 
 
 def _bearer_check(api_key: str | None):
@@ -405,11 +493,34 @@ def _install_error_handlers(app: FastAPI) -> None:
         return APIError(500, message, type="server_error").response()
 
 
-def create_app(engine: Engine, *, model_name: str, api_key: str | None = None) -> FastAPI:
+def _grounded(
+    engine: Engine, grounding: Grounding, messages: list[dict], requested: int
+) -> tuple[list[int], _Citing]:
+    """The prompt ids of `messages` answered from the knowledge base, and its citation side.
+
+    The sources are fitted to leave the reply `requested` tokens, at most half the context
+    (the most the server cuts a reply to before it would refuse the prompt)."""
+    room = engine.context_length - min(requested, engine.context_length // 2)
+    try:
+        turn = grounding.ground(messages, lambda m: len(_chat_ids(engine, m)) <= room)
+    except InputError as err:
+        raise APIError(400, f"messages: {err}", param="messages") from err
+    return _chat_ids(engine, turn.messages), turn
+
+
+def create_app(
+    engine: Engine,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    grounding: Grounding | None = None,
+) -> FastAPI:
     """The OpenAI-compatible app serving `engine`'s model as `model_name`.
 
     With `api_key`, every `/v1` route needs `Authorization: Bearer <api_key>`; `/health`
-    never does. The caller owns the engine (and closes it after the server stops).
+    never does. With `grounding`, chat completions answer from its knowledge base with
+    citations, and `POST /v1/kb/search` searches it. The caller owns the engine (and closes
+    it after the server stops).
     """
     # No /docs or /openapi.json: the surface is exactly the API below.
     app = FastAPI(title="chuan serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -453,11 +564,19 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None) -
     async def chat_completions(request: Request) -> Response:
         body = await _parse(request, oa.ChatCompletionRequest)
         check_model(body.model)
-        prompts = [_chat_ids(engine, body)]
+        messages = [m.as_baichuan() for m in body.messages]
         requested = body.token_limit or engine.defaults.max_new_tokens
-        rows = _rows(engine, prompts, body, requested, "messages")
+        citing = None
+        if grounding is None:
+            prompts = [_chat_ids(engine, messages)]
+        else:
+            ids, turn = _grounded(engine, grounding, messages, requested)
+            prompts, citing = [ids], _Citing(turn, body.n)
         fmt = new_format(_ChatFormat, "chatcmpl")
-        return await _respond(request, engine, body, fmt, prompts, rows)
+        if citing is not None and citing.turn.fixed_reply is not None:
+            return await _respond(request, engine, body, fmt, prompts, [], citing)
+        rows = _rows(engine, prompts, body, requested, "messages")
+        return await _respond(request, engine, body, fmt, prompts, rows, citing)
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request) -> Response:
@@ -467,5 +586,13 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None) -
         rows = _rows(engine, prompts, body, body.max_tokens, "prompt")
         fmt = new_format(_CompletionFormat, "cmpl")
         return await _respond(request, engine, body, fmt, prompts, rows)
+
+    if grounding is not None:
+
+        @app.post("/v1/kb/search", dependencies=authorized)
+        async def kb_search(request: Request) -> JSONResponse:
+            body = await _json_body(request, oa.KbSearchRequest)
+            results = grounding.search_results(body.query, body.k)
+            return JSONResponse({"object": "list", "query": body.query, "results": results})
 
     return app

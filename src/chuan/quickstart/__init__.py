@@ -1,15 +1,16 @@
 """`chuan quickstart`: the whole flow on the bundled bilingual sample, in minutes on a CPU.
 
-clean → dedup → tokenizer → pack → pretrain → sft → evaluate → generate → quantize → serve, each
-stage calling the same library function as its `chuan` verb, then `report.md` with every
-stage's numbers, the plots, and the commands that redo each stage by hand at a larger scale.
+clean → dedup → tokenizer → pack → pretrain → sft → evaluate → generate → quantize → serve →
+cited answers (rag), each stage calling the same library function as its `chuan` verb, then
+`report.md` with every stage's numbers, the plots, and the commands that redo each stage by
+hand at a larger scale.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from chuan.quickstart import data_stages, model_stages, train_stages
+from chuan.quickstart import data_stages, model_stages, rag_stage, train_stages
 from chuan.quickstart.report import write_report
 from chuan.quickstart.runner import QuickstartConfig, Stage, run_stages
 
@@ -87,6 +88,13 @@ STAGES = [
         "serve",
         model_stages.serve,
         "chuan serve {out}/pretrain/model --port 8000 --api-key $CHUAN_API_KEY",
+    ),
+    Stage(
+        "rag",
+        "cited answers",
+        rag_stage.rag,
+        "chuan rag index {out}/raw --out {out}/kb\n"
+        "chuan rag ask {out}/sft/model {out}/kb '《登鹳雀楼》是谁写的？'  # chat/serve --kb",
     ),
 ]
 

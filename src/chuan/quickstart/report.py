@@ -156,6 +156,26 @@ def _serve(ctx: Context, r: dict) -> list[str]:
     ]
 
 
+def _rag(ctx: Context, r: dict) -> list[str]:
+    def listed(sources: list[dict]) -> str:
+        return "<br>".join(f"[{s['index']}] `{s['source']}:{s['line']}`" for s in sources) or "–"
+
+    rows = [
+        [_cell(a["question"]), listed(a["sources"]), _cell(a["text"]) or "(empty)",
+         listed(a["citations"])]
+        for a in r["answers"]
+    ]  # fmt: skip
+    return [
+        f"Knowledge base `{r['kb']}` ({r['chunks']:,} chunks, BM25); each question answered "
+        f"greedily by the fine-tuned model `{r['model_dir']}` from its top sources, citations "
+        "checked (dangling numbers removed, uncited sentences attributed when they share "
+        "enough of a source's terms). The tiny model's text is noise (a short fine-tune often "
+        "answers nothing at all); the sources show the retrieval:",
+        "",
+        *_table(["question", "sources in the prompt", "answer", "cited"], rows),
+    ]
+
+
 DETAILS: dict[str, Callable[[Context, dict], list[str]]] = {
     "dedup": _dedup,
     "tokenizer": _tokenizer,
@@ -165,6 +185,7 @@ DETAILS: dict[str, Callable[[Context, dict], list[str]]] = {
     "generate": _generate,
     "quantize": _quantize,
     "serve": _serve,
+    "rag": _rag,
 }
 
 
