@@ -27,23 +27,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import bm25s
 import numpy as np
-
-from chuan.errors import DependencyError
 
 K1 = 1.5
 B = 0.75
 METHOD = "lucene"
-
-
-def _bm25s():
-    try:
-        import bm25s
-    except ImportError:
-        raise DependencyError(
-            "`chuan rag` needs bm25s: pip install 'chuan[rag]' (or pip install bm25s)"
-        ) from None
-    return bm25s
 
 
 def idf(df: np.ndarray | float, n_docs: int) -> np.ndarray | float:
@@ -67,7 +56,6 @@ class SparseIndex:
 
     @classmethod
     def build(cls, token_lists: list[list[str]], *, k1: float = K1, b: float = B) -> SparseIndex:
-        bm25s = _bm25s()
         vocab = build_vocab(token_lists)
         ids = [[vocab[t] for t in terms] for terms in token_lists]
         retriever = bm25s.BM25(k1=k1, b=b, method=METHOD)
@@ -90,7 +78,6 @@ class SparseIndex:
     @classmethod
     def load(cls, path: Path, n_docs: int, *, k1: float, b: float) -> SparseIndex:
         """What `save` wrote (the vocabulary is bm25s's JSON, the same mapping as built)."""
-        bm25s = _bm25s()
         df = np.load(path / "df.npy")
         if not (path / "params.index.json").is_file():  # a knowledge base without terms
             return cls(bm25s.BM25(k1=k1, b=b, method=METHOD), {}, df, n_docs)
