@@ -112,12 +112,32 @@ def load_chat_model(args: argparse.Namespace):
     return model, tokenizer, cfg
 
 
-def open_retrieval(args: argparse.Namespace, kb: str):
-    """The knowledge base `kb` with the retrieval flags of `add_retrieval_arguments`."""
+def open_retrieval(args: argparse.Namespace, kb: str, model_dir: str | None = None):
+    """The knowledge base `kb` with the retrieval flags of `add_retrieval_arguments`; a
+    reranker from `--rerank-model`, else from `model_dir` when given (else `with_reranker`
+    adds the answering model once it is loaded)."""
     from chuan.rag.answer import Retrieval
 
-    return Retrieval.open(kb, device=args.device, k=args.kb_k, mode=args.mode,
-                          threshold=args.threshold, cite_threshold=args.cite_threshold)  # fmt: skip
+    retrieval = Retrieval.open(kb, device=args.device, k=args.kb_k, mode=args.mode,
+                               threshold=args.threshold, cite_threshold=args.cite_threshold,
+                               rerank_depth=args.rerank_depth)  # fmt: skip
+    source = args.rerank_model or model_dir
+    if args.rerank == "none" or source is None:
+        return retrieval
+    from chuan.rag.rerank import Reranker
+
+    reranker = Reranker.open(source, args.rerank, device=args.device)
+    return dataclasses.replace(retrieval, reranker=reranker)
+
+
+def with_reranker(retrieval, args: argparse.Namespace, model, tokenizer):
+    """`retrieval` with the answering model as its reranker when `--rerank` asks for one and
+    `--rerank-model` named none."""
+    if retrieval is None or args.rerank == "none" or retrieval.reranker is not None:
+        return retrieval
+    from chuan.rag.rerank import Reranker
+
+    return dataclasses.replace(retrieval, reranker=Reranker(model, tokenizer, args.rerank))
 
 
 def grounded_reply(retrieval, model, tokenizer, cfg, messages: list[dict]):
@@ -143,6 +163,7 @@ def _chat(args: argparse.Namespace) -> None:
 
     retrieval = open_retrieval(args, args.kb) if args.kb else None  # a bad KB fails first
     model, tokenizer, cfg = load_chat_model(args)
+    retrieval = with_reranker(retrieval, args, model, tokenizer)
     session = ChatSession(args.system or "")
     interactive = sys.stdin.isatty()
     if interactive:

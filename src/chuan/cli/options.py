@@ -188,3 +188,26 @@ def add_search_arguments(parser: argparse.ArgumentParser, *, prefix: str = "--")
         "sum of its terms' idf) must reach X, or nothing is returned; 0 turns it off "
         f"(default {DEFAULT_THRESHOLD})",
     )
+    parser.add_argument(
+        f"{prefix}rerank",
+        dest="rerank",
+        choices=("none", "likelihood", "judge"),
+        default="none",
+        help="a language model reranks the best --rerank-depth hits and drops those it finds "
+        "irrelevant: likelihood (how much the chunk raises the question's log-probability) or "
+        "judge (a yes/no prompt in its chat template); docs/rag.md (default none)",
+    )
+    parser.add_argument(
+        f"{prefix}rerank-model",
+        dest="rerank_model",
+        metavar="DIR",
+        help="the reranking model dir (default: the answering model, where there is one)",
+    )
+    parser.add_argument(
+        f"{prefix}rerank-depth",
+        dest="rerank_depth",
+        type=int_at_least(1),
+        default=20,
+        metavar="N",
+        help="hits handed to the reranker (default 20)",
+    )

@@ -15,6 +15,7 @@ from chuan.cli.options import (
     add_search_arguments,
     int_at_least,
 )
+from chuan.errors import InputError
 
 _TEXT_WIDTH = 160
 
@@ -47,7 +48,17 @@ def _search(args: argparse.Namespace) -> None:
     from chuan.rag.kb import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb, device=args.device)
-    hits = kb.search(args.query, args.k, mode=args.mode, threshold=args.threshold)
+    if args.rerank == "none":
+        hits = kb.search(args.query, args.k, mode=args.mode, threshold=args.threshold)
+    else:
+        if not args.rerank_model:
+            raise InputError(f"--rerank {args.rerank} needs --rerank-model DIR (a model dir)")
+        from chuan.rag.rerank import Reranker
+
+        reranker = Reranker.open(args.rerank_model, args.rerank, device=args.device)
+        depth = max(args.k, args.rerank_depth)
+        candidates = kb.search(args.query, depth, mode=args.mode, threshold=args.threshold)
+        hits = reranker.rerank(args.query, candidates)[: args.k]
     if args.json:
         found = {"query": args.query, "mode": args.mode, "threshold": args.threshold,
                  "hits": [h.to_dict() for h in hits]}  # fmt: skip
@@ -95,6 +106,14 @@ def _eval(args: argparse.Namespace) -> None:
             "cite_threshold": args.cite_threshold,
             "model": args.model,
         }
+    if args.rerank != "none":
+        source = args.rerank_model or args.model
+        if source is None:
+            raise InputError(f"--rerank {args.rerank} needs --rerank-model DIR or --model DIR")
+        from chuan.rag.rerank import Reranker
+
+        answering["reranker"] = Reranker.open(source, args.rerank, device=args.device)
+        answering["rerank_depth"] = args.rerank_depth
     report = evaluate(args.kb, args.qa, args.out, k=args.k, mode=args.mode,
                       threshold=args.threshold, **answering)  # fmt: skip
     for kind, row in report["types"].items():
@@ -113,10 +132,11 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    from chuan.cli.generate import grounded_reply, load_chat_model, open_retrieval
+    from chuan.cli.generate import grounded_reply, load_chat_model, open_retrieval, with_reranker
 
     retrieval = open_retrieval(args, args.kb)  # a bad KB fails before the model loads
     model, tokenizer, cfg = load_chat_model(args)
+    retrieval = with_reranker(retrieval, args, model, tokenizer)
     messages = [{"role": "user", "content": args.question}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})

@@ -53,7 +53,8 @@ def _serve(args: argparse.Namespace) -> None:
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     model_name = args.model_name or Path(args.model).resolve().name
-    grounding = open_retrieval(args, args.kb) if args.kb else None
+    # A reranker gets its own copy of a model: the engine's decodes in its own thread.
+    grounding = open_retrieval(args, args.kb, args.model) if args.kb else None
     with load_engine(
         args.model,
         device=args.device,

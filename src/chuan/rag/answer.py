@@ -22,6 +22,7 @@ from pathlib import Path
 from chuan.errors import InputError
 from chuan.rag.cite import DEFAULT_CITE_THRESHOLD, CitationChecker
 from chuan.rag.kb import DEFAULT_THRESHOLD, Hit, KnowledgeBase
+from chuan.rag.rerank import Reranker
 
 NO_SOURCE_ANSWER = (
     "知识库中没有找到与这个问题相关的资料，因此无法回答。"
@@ -220,13 +221,22 @@ class Retrieval:
     mode: str = "sparse"
     threshold: float = DEFAULT_THRESHOLD
     cite_threshold: float = DEFAULT_CITE_THRESHOLD
+    # An LM that reranks the best `rerank_depth` hits and drops those it finds irrelevant.
+    reranker: Reranker | None = None
+    rerank_depth: int = 20
 
     @classmethod
     def open(cls, path: str | Path, *, device: str | None = None, **settings) -> Retrieval:
         return cls(KnowledgeBase.open(path, device=device), **settings)
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
-        return self.kb.search(query, k or self.k, mode=self.mode, threshold=self.threshold)
+        k = k or self.k
+        if self.reranker is None:
+            return self.kb.search(query, k, mode=self.mode, threshold=self.threshold)
+        hits = self.kb.search(
+            query, max(k, self.rerank_depth), mode=self.mode, threshold=self.threshold
+        )
+        return self.reranker.rerank(query, hits)[:k]
 
     def search_results(self, query: str, k: int | None = None) -> list[dict]:
         """The hits as JSON-ready dicts (`POST /v1/kb/search`)."""

@@ -36,12 +36,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from chuan.documents import RecordError, iter_records
 from chuan.errors import DependencyError
 from chuan.fileio import write_jsonl, write_report
 from chuan.rag.answer import NO_SOURCE_ANSWER, Fits, Retrieval
 from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
 from chuan.rag.kb import DEFAULT_THRESHOLD, KnowledgeBase
+from chuan.rag.rerank import Reranker
 
 DEPTH = 10
 ANSWERS = "answers.jsonl"
@@ -159,20 +162,25 @@ def evaluate(
     limit: int | None = None,
     cite_threshold: float = DEFAULT_CITE_THRESHOLD,
     model: str | None = None,
+    reranker: Reranker | None = None,
+    rerank_depth: int = 20,
 ) -> dict:
     """Search every question, score per type, write `out/report.{json,md}`; returns the report.
 
     With `generate` (messages -> text pieces, e.g. a chat model's `stream_chat`; `fits` checks
     a prompt fits its context), the first `limit` questions of each type are answered with
     citations too, scored under `answers` (see the module docstring; `model` names the
-    generator in the report), and written to `out/answers.jsonl`."""
+    generator in the report), and written to `out/answers.jsonl`. With `reranker`, every
+    search is reranked (and filtered) by it, as `Retrieval` does."""
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     kb = KnowledgeBase.open(kb_path)
+    retrieval = Retrieval(kb, k=k, mode=mode, threshold=threshold, cite_threshold=cite_threshold,
+                          reranker=reranker, rerank_depth=rerank_depth)  # fmt: skip
     questions = read_qa(qa_path)
     qrels, run, abstained = {}, {}, {}
-    for question in questions:
+    for question in tqdm(questions, desc="searching", unit="question", disable=reranker is None):
         qid = question["id"]
-        hits = kb.search(question["question"], max(k, DEPTH), mode=mode, threshold=threshold)
+        hits = retrieval.search(question["question"], max(k, DEPTH))
         abstained[qid] = not hits
         if question["gold"]:
             qrels[qid] = {str(i): 1 for i in _relevant(kb, qa_path, question)}
@@ -215,6 +223,7 @@ def evaluate(
         "mode": mode,
         "k": k,
         "threshold": threshold,
+        "rerank": reranker.by if reranker else None,
         "questions": len(questions),
         "types": types,
         "abstention": {
@@ -225,8 +234,6 @@ def evaluate(
         },
     }
     if generate is not None:
-        retrieval = Retrieval(kb, k=k, mode=mode, threshold=threshold,
-                              cite_threshold=cite_threshold)  # fmt: skip
         types, answers = _answer_scores(retrieval, qa_path, questions, generate, fits, limit)
         report["answers"] = {"model": model, "limit": limit, "cite_threshold": cite_threshold,
                              "types": types}  # fmt: skip
