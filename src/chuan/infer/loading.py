@@ -113,7 +113,7 @@ def is_prompt_learning(adapter: str | Path) -> bool:
 def with_adapter(model, adapter: str | Path):
     """`model` with a peft adapter: LoRA / AdaLoRA folded in (`W += scale * B A`) and
     unwrapped again; a prompt-learning adapter, which has nothing to fold, left as peft's
-    `PeftModel` (in eval mode, its virtual tokens shared by packed or padded rows)."""
+    `PeftModel`, its virtual tokens shared by packed or padded rows."""
     from peft import PeftModel
 
     prompt_learning = is_prompt_learning(adapter)
