@@ -1,5 +1,5 @@
-"""What trains in a fine-tune (`full`, `freeze`, `lora`, `qlora`), NEFTune, and LoRA adapters
-saved, loaded and merged through `peft`.
+"""What trains in a fine-tune (`full`, `freeze`, `lora`, `qlora`, and the peft methods of
+`peft_methods`), NEFTune, and peft adapters saved, loaded and merged.
 
 LoRA targets Baichuan's fused `W_pack` by default, as baichuan-inc/Baichuan2
 `fine-tune/fine-tune.py` does (one A of r x h and one B of 3h x r shared by q, k and v);
@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from chuan.align.peft_methods import peft_config_for
 from chuan.align.sft_config import SFTConfig
 from chuan.errors import DependencyError, InputError
 from chuan.fileio import write_atomic
-from chuan.infer.loading import load_model, quiet_peft
+from chuan.infer.loading import is_prompt_learning, load_model, quiet_peft
+from chuan.infer.virtual_tokens import share_virtual_tokens
 from chuan.model.checkpoint import copy_side_files, read_config_dict, write_model_dir
 from chuan.model.convert import load_as_baichuan
 from chuan.model.modeling import BaichuanForSequenceClassification
@@ -66,15 +68,23 @@ def load_base(cfg: SFTConfig, device: torch.device) -> nn.Module:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def apply_finetune(model: nn.Module, cfg: SFTConfig) -> nn.Module:
-    """`model` with only what `cfg.finetune` trains left trainable (LoRA: wrapped by peft)."""
+def apply_finetune(model: nn.Module, cfg: SFTConfig, total_steps: int = 0) -> nn.Module:
+    """`model` with only what `cfg.finetune` trains left trainable (the peft methods: wrapped
+    by peft). `total_steps`, the run's optimizer steps, sets AdaLoRA's rank schedule."""
     if cfg.finetune == "full":
         for param in model.parameters():
             param.requires_grad_(True)
         return model
     if cfg.finetune == "freeze":
         return _train_last_blocks(model, cfg.freeze.trainable_layers)
-    return _with_lora(model, cfg)
+    if cfg.finetune in ("lora", "qlora"):
+        return _with_lora(model, cfg)
+    from peft import get_peft_model
+
+    with quiet_peft():
+        wrapped = get_peft_model(model, peft_config_for(model, cfg, total_steps))
+    share_virtual_tokens(wrapped)
+    return wrapped
 
 
 def _train_last_blocks(model: nn.Module, count: int) -> nn.Module:
@@ -163,12 +173,21 @@ def write_tokenizer_side(src: str | Path, out: Path, template_name: str) -> None
 def merge_adapter(
     base: str | Path, adapter: str | Path, out: str | Path, *, overwrite: bool = False
 ) -> Path:
-    """Fold a LoRA adapter into its base: a plain model dir with `W += (alpha / r) B A`.
+    """Fold a LoRA or AdaLoRA adapter into its base: a plain model dir with
+    `W += scale · B A` (AdaLoRA: `B (A ⊙ E)`, its pruned ranks zero).
 
     Tokenizer files come from the adapter dir when it has them (chuan writes the chat
-    template there), else from the base.
+    template there), else from the base. A prompt-learning adapter is refused: its virtual
+    tokens are inputs, not a change of weights.
     """
     read_config_dict(base)  # a clear error for a missing base
+    if is_prompt_learning(adapter):
+        raise InputError(
+            f"{adapter} is a prompt-learning adapter (prefix, prompt or P-tuning): it puts "
+            "virtual tokens before every input and changes no weight, so there is nothing to "
+            f"merge. Use it unmerged: chuan chat {base} --adapter {adapter} (also chuan "
+            "generate and chuan serve)"
+        )
     model = load_model(base, device="cpu", dtype="fp32", adapter=adapter)
     side = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
     write_model_dir(

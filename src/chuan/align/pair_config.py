@@ -45,6 +45,7 @@ class PairConfig(SFTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.refuse_sft_only_methods()
         if self.packing:
             raise ConfigError(
                 "packing: true is not supported for preference pairs (each pair is two padded "

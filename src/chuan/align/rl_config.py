@@ -110,6 +110,7 @@ class RLConfig(SFTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.refuse_sft_only_methods()
         if (self.reward_model is None) == (self.reward_function is None):
             raise ConfigError(
                 "give exactly one reward: `reward_model` (a `chuan rm` model dir) or "

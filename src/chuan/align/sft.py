@@ -7,8 +7,9 @@ with segment ids (`sft_data`), and the model is the base with what `finetune` tr
 (`adapters`). Outputs:
 
     OUT/model/     a complete model dir, the chat template in its tokenizer files
-                   (for LoRA the adapter merged into the base)
-    OUT/adapter/   for LoRA: the peft adapter (`PeftModel.from_pretrained` loads it)
+                   (for LoRA and AdaLoRA the adapter merged into the base; none for the
+                   prompt-learning methods, whose virtual tokens cannot be merged)
+    OUT/adapter/   for the peft methods: the adapter (`PeftModel.from_pretrained` loads it)
     OUT/metrics.jsonl, report.md / report.json (loss curve, masking, replies before / after)
 """
 
@@ -32,7 +33,8 @@ from chuan.align.adapters import (
     write_tokenizer_side,
 )
 from chuan.align.conversations import Conversation
-from chuan.align.sft_config import SFTConfig
+from chuan.align.peft_methods import AdaLoraSchedule
+from chuan.align.sft_config import ADAPTER_METHODS, PROMPT_LEARNING_METHODS, SFTConfig
 from chuan.align.sft_data import (
     SFTDataStats,
     encode_fitting,
@@ -52,7 +54,14 @@ from chuan.tokenizer.hf import load_tokenizer
 from chuan.train.checkpoint import full_model_state, save_model_dir
 from chuan.train.data import PackedRows
 from chuan.train.distributed import close_world, init_world
-from chuan.train.loop import PretrainResult, StagePlan, Trainer, global_batch, stage_plan
+from chuan.train.loop import (
+    PretrainResult,
+    StagePlan,
+    Trainer,
+    global_batch,
+    stage_plan,
+    train_step,
+)
 
 
 @dataclass
@@ -112,6 +121,7 @@ class SFTTrainer(Trainer):
         self.eval_stats = SFTDataStats()
         self.replies: list[Reply] = []
         self.sample_conversations: list[Conversation] = []
+        self.adalora: AdaLoraSchedule | None = None
         super().__init__(cfg, world)
         self.trainable_only_checkpoints = cfg.finetune != "full"
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -176,17 +186,33 @@ class SFTTrainer(Trainer):
         cfg = self.cfg
         if cfg.finetune == "qlora" and self.world.size > 1:
             raise InputError("finetune: qlora runs in one process; use lora under torchrun")
+        if cfg.finetune == "adalora" and self.strategy == "fsdp":
+            raise InputError(
+                "finetune: adalora reallocates ranks from whole gradients, which FSDP2 shards; "
+                "run it with distributed.strategy=ddp"
+            )
         self._replies_before()
-        model = apply_finetune(load_base(cfg, self.world.device), cfg)
+        total_steps = sum(plan.steps for plan in self.plans)
+        model = apply_finetune(load_base(cfg, self.world.device), cfg, total_steps)
+        if cfg.finetune == "adalora":
+            self.adalora = AdaLoraSchedule(model, cfg.adalora.orth_reg_weight)
         if cfg.neftune_alpha > 0:
             add_neftune(model, cfg.neftune_alpha)
         return model
+
+    def train_step(self, model: nn.Module, batches: list) -> dict[str, float]:
+        penalty = self.adalora.penalty if self.adalora else None
+        return train_step(model, batches, self.world, self.autocast, penalty)
+
+    def after_update(self, step: int) -> None:
+        if self.adalora:
+            self.adalora.after_update(step)
 
     def prepare_stage(self, plan: StagePlan) -> None:
         """What trains was set once by `finetune`; every stage keeps it."""
 
     def write_model(self, out: Path) -> None:
-        if self.cfg.finetune in ("lora", "qlora"):
+        if self.cfg.finetune in ADAPTER_METHODS:
             state = full_model_state(self.model)  # every rank takes part in the gather
             if self.world.is_main:
                 out.mkdir(parents=True, exist_ok=True)
@@ -198,16 +224,20 @@ class SFTTrainer(Trainer):
             write_tokenizer_side(self.cfg.model, out, self.cfg.template)
 
     def finish(self) -> Path:
+        """OUT/model, or for a prompt-learning method (nothing to merge) OUT/adapter."""
         out = self.run_dir / "model"
-        if self.cfg.finetune not in ("lora", "qlora"):
+        if self.cfg.finetune not in ADAPTER_METHODS:
             self.write_model(out)
+            adapter = None
         else:
             adapter = self.run_dir / "adapter"
             self.write_model(adapter)
-            if self.world.is_main:
+            if self.cfg.finetune in PROMPT_LEARNING_METHODS:
+                out = adapter
+            elif self.world.is_main:
                 merge_adapter(self.cfg.model, adapter, out, overwrite=True)
         if self.world.is_main:
-            self._replies_after(out)
+            self._replies_after(out, adapter if out == adapter else None)
         return out
 
     def report_extras(self) -> tuple[dict, list[str]]:
@@ -259,18 +289,22 @@ class SFTTrainer(Trainer):
             for reply, (text, ended) in zip(self.replies, replies, strict=True):
                 reply.before, reply.before_ended = text, ended
 
-    def _replies_after(self, model_dir: Path) -> None:
+    def _replies_after(self, model_dir: Path, adapter: Path | None) -> None:
         if not self.replies:
             return
-        for reply, (text, ended) in zip(self.replies, self._replies_of(model_dir), strict=True):
+        after = self._replies_of(self.cfg.model if adapter else model_dir, adapter)
+        for reply, (text, ended) in zip(self.replies, after, strict=True):
             reply.after, reply.after_ended = text, ended
 
-    def _replies_of(self, model_dir: str | Path) -> list[tuple[str, bool]]:
-        """Greedy replies of the model in `model_dir` to the sample prompts, loaded and freed
-        here so that it never sits in memory beside the model being trained."""
+    def _replies_of(
+        self, model_dir: str | Path, adapter: Path | None = None
+    ) -> list[tuple[str, bool]]:
+        """Greedy replies of the model in `model_dir` (with an unmerged `adapter`) to the
+        sample prompts, loaded and freed here so that it never sits in memory beside the
+        model being trained."""
         if not self.sample_conversations:
             return []
-        model = load_model(model_dir, device=str(self.world.device))
+        model = load_model(model_dir, device=str(self.world.device), adapter=adapter)
         replies = reply_to(
             model, self.template, self.sample_conversations, self.cfg.samples.max_new_tokens
         )

@@ -3,7 +3,8 @@
 Defaults are Baichuan 2's published fine-tuning settings (baichuan-inc/Baichuan2 README and
 `fine-tune/fine-tune.py`): AdamW (0.9, 0.98), eps 1e-8, weight decay 1e-4, gradient clipping
 1.0, a constant learning rate of 2e-5 with no warmup, `model_max_length` 512, and for LoRA
-`target_modules=["W_pack"]`, r 1, alpha 32, dropout 0.1.
+`target_modules=["W_pack"]`, r 1, alpha 32, dropout 0.1. AdaLoRA, prefix, prompt and
+P-tuning keep peft's defaults (20 virtual tokens, as in peft's examples).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from typing import Literal
 from chuan.config import ConfigError, bounded, load_config
 from chuan.tokenizer.chat_templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
 from chuan.train.config import OptimConfig, RunConfig
+
+# peft methods `chuan sft` trains beyond LoRA: AdaLoRA and the virtual-token methods
+PROMPT_LEARNING_METHODS = ("prefix", "ptuning_v2", "prompt", "ptuning")
+SFT_ONLY_METHODS = ("adalora", *PROMPT_LEARNING_METHODS)
+# every `finetune` that trains a peft adapter (written to OUT/adapter)
+ADAPTER_METHODS = ("lora", "qlora", *SFT_ONLY_METHODS)
 
 
 @dataclass
@@ -70,6 +77,53 @@ class LoraConfig:
 
 
 @dataclass
+class AdaLoraConfig:
+    """AdaLoRA through `peft` (Zhang et al. 2023, arXiv:2303.10512): LoRA in SVD form whose
+    rank budget moves, by importance, from `init_r` per layer towards an average `target_r`
+    between step `tinit` and `total - tfinal`, every `deltaT` steps. Defaults are peft's."""
+
+    init_r: int = bounded(12, ge=1)
+    target_r: int = bounded(8, ge=1)
+    tinit: int = bounded(0, ge=0)
+    tfinal: int = bounded(0, ge=0)
+    deltaT: int = bounded(1, ge=1)
+    orth_reg_weight: float = bounded(0.5, ge=0)
+    targets: list[str] = field(default_factory=lambda: ["W_pack"])
+
+
+@dataclass
+class PrefixConfig:
+    """Prefix tuning (Li & Liang 2021, arXiv:2101.00190): `num_virtual_tokens` learned keys
+    and values before every layer's attention; `projection` reparameterises them through an
+    MLP while training, as the paper does. `finetune: ptuning_v2` (Liu et al. 2022,
+    arXiv:2110.07602) is the same prefix without the projection."""
+
+    num_virtual_tokens: int = bounded(20, ge=1)
+    projection: bool = True
+
+
+@dataclass
+class PromptConfig:
+    """Prompt tuning (Lester et al. 2021, arXiv:2104.08691): `num_virtual_tokens` learned
+    input embeddings before every input; `init_text` starts them from that text's token
+    embeddings (repeated to length), else random."""
+
+    num_virtual_tokens: int = bounded(20, ge=1)
+    init_text: str | None = None
+
+
+@dataclass
+class PTuningConfig:
+    """P-Tuning (Liu et al. 2021, "GPT Understands, Too", arXiv:2103.10385): virtual input
+    embeddings produced by a prompt encoder, `mlp` or `lstm`, of width `hidden` (the model's
+    width when null), as peft's `PromptEncoder`."""
+
+    num_virtual_tokens: int = bounded(20, ge=1)
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    hidden: int | None = bounded(None, ge=1)
+
+
+@dataclass
 class FreezeConfig:
     """`finetune: freeze` trains the last `trainable_layers` blocks and the final norm."""
 
@@ -104,8 +158,14 @@ class SFTConfig(RunConfig):
     model: str
     stages: list[SFTStageConfig]
     template: str = DEFAULT_TEMPLATE
-    finetune: Literal["full", "lora", "qlora", "freeze"] = "full"
+    finetune: Literal[
+        "full", "lora", "qlora", "freeze", "adalora", "prefix", "prompt", "ptuning", "ptuning_v2"
+    ] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    adalora: AdaLoraConfig = field(default_factory=AdaLoraConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    ptuning: PTuningConfig = field(default_factory=PTuningConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     neftune_alpha: float = bounded(0.0, ge=0)
     max_length: int = bounded(512, ge=8)
@@ -125,6 +185,20 @@ class SFTConfig(RunConfig):
         for i, stage in enumerate(self.stages):
             if not stage.data:
                 raise ConfigError(f"stages.{i}.data is empty")
+        if self.finetune == "adalora" and self.adalora.target_r > self.adalora.init_r:
+            raise ConfigError(
+                f"adalora.target_r ({self.adalora.target_r}) is above adalora.init_r "
+                f"({self.adalora.init_r}): AdaLoRA only prunes ranks; raise init_r"
+            )
+
+    def refuse_sft_only_methods(self) -> None:
+        """For the trainers built on this recipe (dpo, rm, ppo, grpo): the methods only
+        `chuan sft` wires up are refused by name."""
+        if self.finetune in SFT_ONLY_METHODS:
+            raise ConfigError(
+                f"finetune: {self.finetune} is supported by `chuan sft` only; preference and "
+                "RL training take full, freeze, lora or qlora"
+            )
 
 
 def load_sft_config(path: str | Path | None, overrides: list[str] = ()) -> SFTConfig:

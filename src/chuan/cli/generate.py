@@ -60,12 +60,12 @@ def _sampling_config(args: argparse.Namespace, base):
 
 def _generate(args: argparse.Namespace) -> None:
     from chuan.infer.generate import SamplingConfig, stream_tokens
-    from chuan.infer.loading import load_model, load_saved_tokenizer
+    from chuan.infer.loading import load_model, load_saved_tokenizer, side_files_dir
     from chuan.infer.sampling import eos_stop_ids
     from chuan.infer.text import TextStream
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    tokenizer = load_saved_tokenizer(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    tokenizer = load_saved_tokenizer(side_files_dir(args.model, args.adapter))
     bos = model.config.bos_token_id
     if args.prompt_ids is not None:
         try:
@@ -252,6 +252,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt-ids", help="prompt as token ids, e.g. '1 345 22' (default: BOS)")
     greedy = {"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0}
     add_sampling_arguments(gen, {**greedy, "repetition_penalty": 1.0}, "")
+    add_adapter_argument(gen)
     gen.set_defaults(func=_generate)
 
     chat = verbs.add_parser(

@@ -28,13 +28,16 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_adapter_argument(parser: argparse.ArgumentParser) -> None:
-    """`--adapter DIR`: a LoRA adapter folded into the model as it loads."""
+    """`--adapter DIR`: a peft adapter, folded into the model as it loads (LoRA, AdaLoRA) or
+    run with its virtual tokens (prefix, prompt, P-tuning)."""
     parser.add_argument(
         "--adapter",
         metavar="DIR",
-        help="a peft LoRA adapter of this model (e.g. OUT/adapter of `chuan sft`), folded in "
-        "as the model loads, without writing a merged copy; its tokenizer files, chat "
-        "template and generation settings are used when it has them",
+        help="a peft adapter of this model (e.g. OUT/adapter of `chuan sft`): LoRA and AdaLoRA "
+        "are folded in as the model loads, without writing a merged copy; prefix, prompt and "
+        "P-tuning adapters run unmerged, their virtual tokens starting the KV cache or the "
+        "prompt; its tokenizer files, chat template and generation settings are used when it "
+        "has them",
     )
 
 

@@ -28,14 +28,18 @@ def _merge(args: argparse.Namespace) -> None:
 def register(verbs: argparse._SubParsersAction) -> None:
     sft = verbs.add_parser(
         "sft",
-        help="supervised fine-tuning: full, freeze, LoRA or QLoRA, on chat data",
+        help="supervised fine-tuning: full, freeze, LoRA, QLoRA, AdaLoRA, prefix, prompt or "
+        "P-tuning (v1/v2), on chat data",
         description="Fine-tune any chuan / Baichuan / HF LLaMA model dir on conversations "
         "(alpaca, sharegpt / Baichuan 2 fine-tune, OpenAI messages, Colossal source/target "
         "files, mixed by weight), with the loss on the answers only, packed rows that keep "
         "samples apart, and a chat template (baichuan2, chatml, llama2, plain) written into the "
         "output's tokenizer files. Same engine as `chuan pretrain`: stages, checkpoints with "
-        "exact resume, torchrun (DDP / FSDP2). Writes OUT/model/ (for LoRA the merged model), "
-        "OUT/adapter/ (LoRA), OUT/rejects.jsonl, metrics.jsonl, TensorBoard logs, "
+        "exact resume, torchrun (DDP / FSDP2). `finetune` picks what trains: full, freeze, "
+        "lora, qlora, adalora, prefix, ptuning_v2, prompt, ptuning (peft's methods, options "
+        "under the keys lora, adalora, prefix, prompt, ptuning). Writes OUT/model/ (for LoRA "
+        "and AdaLoRA the merged model; none for the virtual-token methods), OUT/adapter/ (every "
+        "peft method), OUT/rejects.jsonl, metrics.jsonl, TensorBoard logs, "
         "report.md/json with the loss curve and replies before and after. See docs/sft.md.",
         epilog="example: chuan sft --config configs/sft-tiny-cpu.yaml finetune=lora "
         "lora.r=8 --inspect 2",
@@ -52,17 +56,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     lora = verbs.add_parser(
         "lora",
-        help="LoRA adapters: merge one into its base model",
-        description="Work with peft LoRA adapters of chuan models.",
+        help="LoRA / AdaLoRA adapters: merge one into its base model",
+        description="Work with peft LoRA and AdaLoRA adapters of chuan models.",
     )
     actions = lora.add_subparsers(dest="action", required=True, metavar="ACTION")
     merge = actions.add_parser(
         "merge",
-        help="fold a LoRA adapter into its base: a plain model dir",
-        description="Fold a peft LoRA adapter (OUT/adapter of `chuan sft`, or any peft LoRA "
-        "of a chuan model) into its base model: W += (alpha / r) B A, in fp32. The result is "
-        "a complete model dir; its tokenizer files (and chat template) come from the adapter "
-        "dir when it has them, else from the base.",
+        help="fold a LoRA or AdaLoRA adapter into its base: a plain model dir",
+        description="Fold a peft LoRA or AdaLoRA adapter (OUT/adapter of `chuan sft`, or any "
+        "peft LoRA of a chuan model) into its base model: W += (alpha / r) B A, in fp32. The "
+        "result is a complete model dir; its tokenizer files (and chat template) come from the "
+        "adapter dir when it has them, else from the base. Prefix, prompt and P-tuning "
+        "adapters are refused: their virtual tokens change no weight; use them with --adapter "
+        "in chuan generate, chat and serve.",
         epilog="example: chuan lora merge runs/base/model runs/sft/adapter --out runs/merged",
     )
     merge.add_argument("base", help="the base model dir the adapter was trained on")

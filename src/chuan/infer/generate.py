@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from chuan.errors import InputError
 from chuan.infer.cache import KVCache
 from chuan.infer.sampling import SamplingConfig, TokenChooser
+from chuan.infer.virtual_tokens import virtual_tokens
 
 __all__ = ["BatchDecoder", "SamplingConfig", "generate", "stream_tokens"]
 
@@ -38,17 +39,24 @@ STOP, LENGTH, FINISHED = "stop", "length", "finished"
 
 def _decode_logits(
     model: PreTrainedModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     cache: KVCache,
+    shared_prefix: int = 0,
+    inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One forward through the cache; the fp32 logits `[B, V]` of each row's last position."""
+    """One forward through the cache; the fp32 logits `[B, V]` of each row's last position.
+    `shared_prefix` counts the virtual tokens of a prompt-learning adapter (see
+    `chuan.infer.virtual_tokens`); only chuan models take it, so it is passed only then."""
+    extra = {"shared_prefix": shared_prefix} if shared_prefix else {}
     out = model(
         input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **extra,
     )
     return out.logits[:, -1]
 
@@ -85,13 +93,18 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 
 def _check_room(
-    prompts: Sequence[Sequence[int]], configs: Sequence[SamplingConfig], context: int | None
+    prompts: Sequence[Sequence[int]],
+    configs: Sequence[SamplingConfig],
+    context: int | None,
+    virtual: int = 0,
 ) -> None:
     """Refuse a row whose prompt and token budget do not fit the model's context: positions
     past it were never trained (RoPE) or have no mask (ALiBi), so the output would be
-    garbage. Nothing is cut silently; the message gives the numbers and the way out."""
+    garbage. Nothing is cut silently; the message gives the numbers and the way out. An
+    adapter's `virtual` tokens take their room first."""
     if context is None:
         return
+    context -= virtual
     for index, (prompt, cfg) in enumerate(zip(prompts, configs, strict=True)):
         if len(prompt) + cfg.max_new_tokens <= context:
             continue
@@ -116,6 +129,10 @@ class BatchDecoder:
     for a row that has finished (a stop id, which is not returned, its `max_new_tokens`, or
     `finish`). `compile=True` runs the one-token decode forward under `torch.compile` (see
     docs/generate.md for when that pays off).
+
+    `model` may be a peft prompt-learning model (prefix, prompt, P-tuning): its virtual
+    tokens are computed once and the base model decodes after them, the prefix's keys and
+    values as the start of the cache, prompt embeddings ahead of the prefill.
     """
 
     def __init__(
@@ -130,16 +147,18 @@ class BatchDecoder:
         _check_prompts(prompts, model.config.vocab_size)
         if len(configs) != len(prompts):
             raise InputError(f"{len(prompts)} prompts but {len(configs)} sampling configs")
-        _check_room(prompts, configs, context_length(model))
-        self.model = model
+        self._virtual = virtual_tokens(model)
+        self._prefix = self._virtual.count if self._virtual else 0
+        _check_room(prompts, configs, context_length(model), self._prefix)
+        self.model = model.get_base_model() if self._virtual else model
         self.configs = list(configs)
         device = next(model.parameters()).device
         width = max(len(p) for p in prompts)
         capacity = width + max(c.max_new_tokens for c in configs)
         self._tokens = self._left_padded(prompts, width, capacity, device)
-        self._segments = self._segment_ids(prompts, width, capacity, device)
+        self._segments = self._segment_ids(prompts, width, capacity, device, self._prefix)
         self._length = width
-        self._cache = KVCache.for_model(model, capacity)
+        self._cache = KVCache.for_model(self.model, self._prefix + capacity)
         self._chooser = TokenChooser(self.configs, device)
         self._forward = _compiled_decode_logits() if compile else _decode_logits
         self._generated = [0] * len(prompts)
@@ -151,8 +170,30 @@ class BatchDecoder:
         # log-probabilities.
         self.chosen: list[list[int]] | None = [[] for _ in prompts] if record_logprobs else None
         self.logprobs: list[list[float]] | None = [[] for _ in prompts] if record_logprobs else None
-        self._logits = self._run(self._tokens[:, :width], _decode_logits)
+        self._logits = self._prefill(width)
         self._fed = True
+
+    def _prefill(self, width: int) -> torch.Tensor:
+        """The prompts' forward, after the adapter's virtual tokens when there are any."""
+        tokens = self._tokens[:, :width]
+        virtual = self._virtual
+        if virtual is None or virtual.key_values is not None:
+            if virtual is not None:
+                for layer, (keys, values) in enumerate(virtual.key_values):
+                    batch = (tokens.shape[0], -1, -1, -1)
+                    self._cache.update(keys.expand(batch), values.expand(batch), layer)
+            return self._run(tokens, _decode_logits)
+        with torch.inference_mode():
+            embeds = self.model.get_input_embeddings()(tokens)
+            prompt = virtual.embeddings.expand(tokens.shape[0], -1, -1)
+            return _decode_logits(
+                self.model,
+                None,
+                self._mask(),
+                self._cache,
+                self._prefix,
+                inputs_embeds=torch.cat((prompt, embeds), dim=1),
+            )
 
     @staticmethod
     def _left_padded(
@@ -170,21 +211,26 @@ class BatchDecoder:
 
     @staticmethod
     def _segment_ids(
-        prompts: list[list[int]], width: int, capacity: int, device: torch.device
+        prompts: list[list[int]], width: int, capacity: int, device: torch.device, prefix: int
     ) -> torch.Tensor | None:
-        """Segment ids `[B, capacity]` (0 = padding, 1 = the sequence), or None when no row is
-        padded, which lets the model take its unmasked causal path."""
+        """Segment ids `[B, prefix + capacity]` (0 = padding, 1 = the sequence and the
+        virtual tokens before it), or None when no row is padded, which lets the model take
+        its unmasked causal path."""
         if all(len(p) == width for p in prompts):
             return None
-        segments = torch.ones(len(prompts), capacity, dtype=torch.long, device=device)
+        segments = torch.ones(len(prompts), prefix + capacity, dtype=torch.long, device=device)
         for row, prompt in enumerate(prompts):
-            segments[row, : width - len(prompt)] = 0
+            segments[row, prefix : prefix + width - len(prompt)] = 0
         return segments
 
+    def _mask(self) -> torch.Tensor | None:
+        if self._segments is None:
+            return None
+        return self._segments[:, : self._prefix + self._length]
+
     def _run(self, input_ids: torch.Tensor, forward) -> torch.Tensor:
-        mask = None if self._segments is None else self._segments[:, : self._length]
         with torch.inference_mode():
-            return forward(self.model, input_ids, mask, self._cache)
+            return forward(self.model, input_ids, self._mask(), self._cache, self._prefix)
 
     @property
     def done(self) -> bool:

@@ -7,6 +7,7 @@ chuan-quantized model (`quantization_config.quant_method == "chuan"` in `config.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from pathlib import Path
 
@@ -14,9 +15,13 @@ import torch
 
 from chuan.errors import InputError, MissingError
 from chuan.infer.quantize import QUANT_METHOD, load_quantized
+from chuan.infer.virtual_tokens import share_virtual_tokens
 from chuan.model.checkpoint import TOKENIZER_FILES, read_config_dict
 from chuan.model.convert import load_as_baichuan
 from chuan.model.precision import prefers_bf16
+
+# peft's methods that put virtual tokens before the input instead of changing weights
+PROMPT_LEARNING_TYPES = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,8 +57,11 @@ def load_model(
 ):
     """The model of `model_dir` in eval mode on `device` (see `pick_device`, `pick_dtype`).
 
-    With `adapter` (a peft LoRA dir trained on this model), the adapter is folded into the
-    weights in fp32 as the model loads, so generation runs at the plain model's speed.
+    With `adapter` (a peft LoRA or AdaLoRA dir trained on this model), the adapter is folded
+    into the weights in fp32 as the model loads, so generation runs at the plain model's
+    speed. A prompt-learning adapter (prefix, prompt, P-tuning) has no weights to fold: the
+    model comes back as peft's `PeftModel`, which chuan's decoder runs with its virtual
+    tokens (`chuan.infer.virtual_tokens`).
     """
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
@@ -66,7 +74,7 @@ def load_model(
             )
         model = load_quantized(model_dir, device=target, dtype=torch_dtype)
     elif adapter is not None:
-        model = merged_with_adapter(load_as_baichuan(model_dir, dtype=torch.float32), adapter)
+        model = with_adapter(load_as_baichuan(model_dir, dtype=torch.float32), adapter)
         model = model.to(device=target, dtype=torch_dtype)
     else:
         model = load_as_baichuan(model_dir, dtype=torch_dtype).to(target)
@@ -76,22 +84,39 @@ def load_model(
 
 @contextlib.contextmanager
 def quiet_peft():
-    """peft asks the model `is_gradient_checkpointing`, which transformers 5 deprecates; the
-    warning is about peft's code, not the user's, so it is not shown."""
+    """peft asks the model `is_gradient_checkpointing`, which transformers 5 deprecates, and
+    its generic pattern check reads an AdaLoRA adapter's saved `rank_pattern` (per-parameter
+    rank masks, which AdaLoRA applies itself) as unmatched module names; both warnings are
+    about peft's code, not the user's, so they are not shown."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        warnings.filterwarnings("ignore", message=".*rank_pattern keys did not match.*")
         yield
 
 
-def merged_with_adapter(model, adapter: str | Path):
-    """`model` with a peft LoRA adapter folded in (`W += scale * B A`), unwrapped again."""
-    from peft import PeftModel
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
+def adapter_type(adapter: str | Path) -> str:
+    """peft's name for the method of an adapter dir (`LORA`, `ADALORA`, `PREFIX_TUNING`...)."""
+    path = Path(adapter) / "adapter_config.json"
+    if not path.is_file():
         raise MissingError(
             f"{adapter} is not an adapter dir (no adapter_config.json); `chuan sft` with "
-            "finetune: lora writes one to OUT/adapter"
+            "finetune: lora (or another peft method) writes one to OUT/adapter"
         )
+    return str(json.loads(path.read_text(encoding="utf-8")).get("peft_type", "LORA"))
+
+
+def is_prompt_learning(adapter: str | Path) -> bool:
+    """Whether an adapter dir holds virtual tokens (prefix, prompt, P-tuning), not weights."""
+    return adapter_type(adapter) in PROMPT_LEARNING_TYPES
+
+
+def with_adapter(model, adapter: str | Path):
+    """`model` with a peft adapter: LoRA / AdaLoRA folded in (`W += scale * B A`) and
+    unwrapped again; a prompt-learning adapter, which has nothing to fold, left as peft's
+    `PeftModel`, its virtual tokens shared by packed or padded rows."""
+    from peft import PeftModel
+
+    prompt_learning = is_prompt_learning(adapter)
     try:
         with quiet_peft():
             wrapped = PeftModel.from_pretrained(model, str(adapter))
@@ -101,6 +126,9 @@ def merged_with_adapter(model, adapter: str | Path):
             "copy (q_proj/k_proj/v_proj) does not fit Baichuan's fused W_pack "
             "(hiyouga/LLaMA-Factory#3376): merge it into that copy instead"
         ) from e
+    if prompt_learning:
+        share_virtual_tokens(wrapped)
+        return wrapped
     return wrapped.merge_and_unload()
 
 

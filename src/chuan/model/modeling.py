@@ -217,11 +217,15 @@ class BaichuanModel(BaichuanPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        shared_prefix: int = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """`attention_mask` is 2-D segment ids (0 = padding; see `chuan.model.positions`)
         covering the cached and the new tokens. The cache comes as `cache` or, as before
-        transformers 5.25, `past_key_values`."""
+        transformers 5.25, `past_key_values`; a cache passed in is read even with
+        `use_cache=False` (prefix tuning's key/values arrive that way while training).
+        `shared_prefix=N`: the first N positions are virtual tokens every packed document
+        (or left-padded row) attends to, its positions counting on after them."""
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -231,8 +235,6 @@ class BaichuanModel(BaichuanPreTrainedModel):
         cache = _one_cache(cache, past_key_values)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if not use_cache:
-            cache = None
         if attention_mask is not None and attention_mask.ndim != 2:
             raise InputError(
                 "attention_mask must be 2-D [batch, past + new tokens] (0 = padding, or one id "
@@ -251,6 +253,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
             head_dim=self.config.head_dim,
             rope_theta=self.config.rope_theta,
             device=inputs_embeds.device,
+            shared_prefix=shared_prefix,
         )
         x = inputs_embeds
         for layer in self.layers:
@@ -328,6 +331,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         loss_reduction: str = "mean",
         past_key_values: Cache | None = None,
+        shared_prefix: int = 0,
         **kwargs,
     ) -> BaichuanCausalLMOutput:
         """With `labels` (shifted inside, -100 = no label) the loss is computed in chunks and
@@ -342,6 +346,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            shared_prefix=shared_prefix,
         )
         hidden = outputs.last_hidden_state
         cache = getattr(outputs, CACHE_FIELD)

@@ -9,6 +9,11 @@ baichuan-inc/Baichuan2#295) reaches ~3440 at 4k, where bf16 steps by 16: ±8 log
 A 2-D `attention_mask` is read as *segment ids*: 0 is padding, and tokens attend only to
 earlier tokens with the same id. A 0/1 padding mask is the one-segment case, and a packed row
 `1,1,1,2,2,3,…` gives block-diagonal causal attention with positions restarting per document.
+
+A *shared prefix* of N positions (prefix / prompt tuning's virtual tokens, which peft puts
+before every row) is seen by every document of a row, and each document's positions count on
+from N: a packed or left-padded row then gives each sample exactly what it gets alone after
+its prefix, for RoPE and ALiBi alike (ALiBi's bias is taken between these positions).
 """
 
 from __future__ import annotations
@@ -26,6 +31,15 @@ def segment_positions(segments: torch.Tensor) -> torch.Tensor:
     starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
     run_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
     return index - run_start
+
+
+def _document_positions(segments: torch.Tensor, shared_prefix: int) -> torch.Tensor:
+    """`[B, S]` positions: the shared prefix at 0..N-1, then each document's tokens from N."""
+    if not shared_prefix:
+        return segment_positions(segments)
+    prefix = torch.arange(shared_prefix, device=segments.device).expand(segments.shape[0], -1)
+    rest = segment_positions(segments[:, shared_prefix:]) + shared_prefix
+    return torch.cat((prefix, rest), dim=1)
 
 
 def rope_cos_sin(
@@ -94,11 +108,22 @@ def build_attention_spec(
     head_dim: int,
     rope_theta: float,
     device: torch.device,
+    shared_prefix: int = 0,
 ) -> AttentionSpec:
-    """Build the causal/segment mask and the RoPE tables or ALiBi bias for one forward pass."""
+    """Build the causal/segment mask and the RoPE tables or ALiBi bias for one forward pass.
+
+    `shared_prefix` (with `segments`) makes the first that many positions of the past and new
+    tokens a prefix every document attends to (see the module's docstring); without segments
+    plain causal attention already gives every token the prefix and positions after it.
+    """
     total = past_len + q_len
     q_index = torch.arange(past_len, total, device=device)
     k_index = torch.arange(total, device=device)
+    # Each token's position: its index, or with segments its index inside its document
+    # (after the shared prefix).
+    positions = None
+    if segments is not None:
+        positions = _document_positions(segments, shared_prefix)
 
     allowed = None
     if segments is not None or (q_len > 1 and past_len > 0) or position_encoding == "alibi":
@@ -107,6 +132,8 @@ def build_attention_spec(
             seg_q = segments[:, None, past_len:, None]
             seg_k = segments[:, None, None, :]
             same_doc = (seg_q == seg_k) & (seg_k != 0)
+            if shared_prefix:
+                same_doc = same_doc | (k_index < shared_prefix)[None, None, None]
             # A padding query attends to itself only, so no softmax row is empty (NaN).
             diagonal = (k_index[None, :] == q_index[:, None])[None, None]
             allowed = (allowed & same_doc) | diagonal
@@ -114,8 +141,8 @@ def build_attention_spec(
     rope = None
     if position_encoding == "rope":
         if position_ids is None:
-            if segments is not None:
-                position_ids = segment_positions(segments)[:, past_len:]
+            if positions is not None:
+                position_ids = positions[:, past_len:]
             else:
                 position_ids = q_index[None].expand(batch, -1)
         rope = rope_cos_sin(position_ids, head_dim, rope_theta)
@@ -124,7 +151,10 @@ def build_attention_spec(
         return AttentionSpec(mask=allowed, is_causal=False, upcast=False, rope=rope)
 
     slopes = torch.tensor(alibi_slopes(num_heads), device=device, dtype=torch.float32)
-    distance = (k_index[None, :] - q_index[:, None]).float()
-    bias = (slopes[:, None, None] * distance[None])[None]
+    if positions is None:
+        distance = (k_index[None, :] - q_index[:, None]).float()[None, None]
+    else:  # within a document the same as the index distance; across the prefix, its own
+        distance = (positions[:, None, None, :] - positions[:, None, past_len:, None]).float()
+    bias = slopes[None, :, None, None] * distance
     bias = torch.where(allowed, bias, torch.tensor(float("-inf"), device=device))
     return AttentionSpec(mask=bias, is_causal=False, upcast=True, rope=None)

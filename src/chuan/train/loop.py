@@ -17,6 +17,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,8 +235,13 @@ def train_step(
     batches: list[Batch],
     world: World,
     autocast: torch.dtype | None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Forward and backward over the micro-batches of one optimizer step (no update)."""
+    """Forward and backward over the micro-batches of one optimizer step (no update).
+
+    `penalty` is a term on the weights, not on tokens (AdaLoRA's orthogonality): it is added
+    once per step, to the last micro-batch's loss, at its own weight (every rank adds the
+    same term, and the wrappers' average over ranks keeps it once)."""
     labels = torch.tensor(
         [float(sum(b.num_labels for b in batches))], dtype=torch.float64, device=world.device
     )
@@ -249,7 +255,10 @@ def train_step(
         sync = i == len(batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             out = _forward(model, batch, autocast)
-            (out.loss * scale).backward()
+            loss = out.loss * scale
+            if penalty is not None and i == len(batches) - 1:
+                loss = loss + penalty()
+            loss.backward()
         sums += torch.stack(
             [out.ce_loss.double(), out.z_loss.double(), torch.tensor(float(batch.num_tokens))]
         ).to(sums.device)
@@ -404,6 +413,10 @@ class Trainer:
         `tokens` and `max_logit` in the result."""
         return train_step(model, batches, self.world, self.autocast)
 
+    def after_update(self, step: int) -> None:
+        """After the optimizer's update of `step` (counted from 0), before the gradients are
+        cleared: AdaLoRA reallocates its ranks here from the gradients it just used."""
+
     def held_out(self) -> dict[str, float]:
         """The held-out numbers at the current step: at least `eval_loss`."""
         return {
@@ -520,6 +533,7 @@ class Trainer:
             finite = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
             if finite:
                 optimizer.step()
+                self.after_update(state.step)
                 bad_in_a_row = 0
             else:
                 bad_in_a_row += 1
