@@ -154,7 +154,7 @@ CASES = [
     Case("sft", lambda f: ["sft", "--config", str(CONFIGS / "sft-tiny-cpu.yaml"),
          f"model={_out(f, 'no_model')}", f"out={_out(f, 'sft')}"], ("no_model",)),
     Case("sft", lambda f: ["sft", "--config", str(CONFIGS / "sft-tiny-cpu.yaml"),
-         f"model={f['model']}", "finetune=prefix", f"out={_out(f, 'sft')}"], ("finetune",)),
+         f"model={f['model']}", "finetune=bitfit", f"out={_out(f, 'sft')}"], ("finetune",)),
     Case("sft", lambda f: ["sft", "--config", str(CONFIGS / "sft-tiny-cpu.yaml"),
          f"model={f['model']}", "finetune=qlora", f"out={_out(f, 'sft')}"],
          ("qlora", "CUDA", "finetune=lora")),
