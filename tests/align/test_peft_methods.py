@@ -238,7 +238,7 @@ def test_adalora_reallocates_ranks_to_its_budget(trained):
 
 def test_adalora_penalty_is_peft_orthogonal_regulariser(trained):
     """chuan's term equals the one peft's AdaLoRA forward adds (its weight set to 1)."""
-    from chuan.align.peft_methods import orthogonality
+    from chuan.align.peft_methods import PEFT_ORTH_REG_OFF, orthogonality
 
     model = trained("adalora").model
     ids = torch.tensor(_ids(model.config.vocab_size, 10, seed=5))
@@ -249,7 +249,7 @@ def test_adalora_penalty_is_peft_orthogonal_regulariser(trained):
         try:
             with_term = model(input_ids=ids, labels=ids).loss
         finally:
-            config.orth_reg_weight = 0.0
+            config.orth_reg_weight = PEFT_ORTH_REG_OFF
         torch.testing.assert_close(with_term - without, orthogonality(model), atol=1e-5, rtol=1e-5)
 
 

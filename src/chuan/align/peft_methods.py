@@ -20,6 +20,10 @@ from torch import nn
 from chuan.align.sft_config import SFTConfig
 from chuan.errors import InputError
 
+# peft's own orthogonal-regulariser weight: negligible (1e-30 times a term of order 1, added
+# to a loss summed over a micro-batch's tokens), as peft < 0.19 rejects 0.
+PEFT_ORTH_REG_OFF = 1e-30
+
 
 def peft_config_for(model: nn.Module, cfg: SFTConfig, total_steps: int):
     """peft's config for `cfg.finetune` (adalora, prefix, ptuning_v2, prompt, ptuning)."""
@@ -80,8 +84,9 @@ def _adalora_config(model: nn.Module, cfg: SFTConfig, total_steps: int):
         deltaT=ada.deltaT,
         total_step=total_steps,
         target_modules=list(ada.targets),
-        # chuan adds the regulariser itself (`AdaLoraSchedule.penalty`)
-        orth_reg_weight=0.0,
+        # chuan adds the regulariser itself (`AdaLoraSchedule.penalty`). peft 0.18 refuses a
+        # weight of 0, so peft's own term gets one that adds nothing next to a token loss.
+        orth_reg_weight=PEFT_ORTH_REG_OFF,
     )
 
 
