@@ -45,20 +45,11 @@ def _index(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from chuan.rag.kb import KnowledgeBase
+    from chuan.cli.generate import open_retrieval
 
-    kb = KnowledgeBase.open(args.kb, device=args.device)
-    if args.rerank == "none":
-        hits = kb.search(args.query, args.k, mode=args.mode, threshold=args.threshold)
-    else:
-        if not args.rerank_model:
-            raise InputError(f"--rerank {args.rerank} needs --rerank-model DIR (a model dir)")
-        from chuan.rag.rerank import Reranker
-
-        reranker = Reranker.open(args.rerank_model, args.rerank, device=args.device)
-        depth = max(args.k, args.rerank_depth)
-        candidates = kb.search(args.query, depth, mode=args.mode, threshold=args.threshold)
-        hits = reranker.rerank(args.query, candidates)[: args.k]
+    if args.rerank != "none" and not args.rerank_model:
+        raise InputError(f"--rerank {args.rerank} needs --rerank-model DIR (a model dir)")
+    hits = open_retrieval(args, args.kb).search(args.query)
     if args.json:
         found = {"query": args.query, "mode": args.mode, "threshold": args.threshold,
                  "hits": [h.to_dict() for h in hits]}  # fmt: skip
@@ -222,11 +213,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     search.add_argument("kb", metavar="KB", help="a dir written by `chuan rag index`")
     search.add_argument("query", help="the question or keywords, Chinese or English")
-    search.add_argument("-k", type=int_at_least(1), default=5, help="hits to show (default 5)")
+    search.add_argument(
+        "-k", dest="kb_k", type=int_at_least(1), default=5, help="hits to show (default 5)"
+    )
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.add_argument("--device", help="for a KB with model vectors: cpu, cuda, ...")
     add_search_arguments(search)
-    search.set_defaults(func=_search)
+    # `open_retrieval` reads every retrieval setting; search checks no citations.
+    from chuan.rag.cite import DEFAULT_CITE_THRESHOLD
+
+    search.set_defaults(func=_search, cite_threshold=DEFAULT_CITE_THRESHOLD)
 
     make_qa = actions.add_parser(
         "make-qa",
