@@ -19,6 +19,7 @@ import httpx2
 import openai
 import pytest
 
+from chuan.errors import InputError
 from chuan.infer.chat import build_chat_input
 from chuan.infer.engine import Engine, GenerationError, RowFinished, RowSpec
 from chuan.infer.generate import generate
@@ -262,15 +263,35 @@ def test_a_new_request_does_not_wait_for_a_running_batch(engine, model_dir, toke
     assert finished == ["short", "long"]
 
 
-def test_a_failing_batch_fails_its_job_not_the_engine(engine, model_dir, tokenizer):
+def test_a_failing_forward_fails_its_job_not_the_engine(engine, model_dir, tokenizer, monkeypatch):
     config = dataclasses.replace(generation_defaults(model_dir), max_new_tokens=2)
+    real_forward, calls = engine._forward, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a device error")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward", fails_once)
 
     async def run(prompt: list[int]) -> list:
         return [event async for event in engine.submit([RowSpec(prompt, config)]).events()]
 
-    with pytest.raises(GenerationError, match="outside the vocabulary"):
-        asyncio.run(run([engine.vocab_size + 1]))  # the server refuses these before; here not
+    with pytest.raises(GenerationError, match="a device error"):
+        asyncio.run(run(tokenizer.encode("Amen")))
     assert isinstance(asyncio.run(run(tokenizer.encode("Amen")))[-1], RowFinished)
+    assert engine.free_slots == engine.max_batch
+
+
+def test_the_engine_refuses_ids_outside_the_vocabulary(engine, model_dir):
+    config = generation_defaults(model_dir)
+
+    async def submit():
+        engine.submit([RowSpec([engine.vocab_size + 1], config)])
+
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        asyncio.run(submit())
 
 
 def test_disconnect_stops_generation(client, base_url, engine):
@@ -316,9 +337,14 @@ def test_malformed_json_is_a_400(base_url):
             "temperature",
         ),
         (
-            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "logprobs": True},
-            "logprobs",
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "tools": [{}]},
+            "tools",
         ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}],
+             "response_format": {"type": "json_object"}},
+            "response_format.type",
+        ),  # fmt: skip
     ],
 )
 def test_an_invalid_field_is_named(base_url, body, param):

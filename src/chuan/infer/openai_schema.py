@@ -2,7 +2,7 @@
 
 Request models validate everything a client may send, so a bad field is answered with a 400
 naming it before the model is touched. Fields of OpenAI's API that chuan does not implement
-(logprobs, tools, penalties, ...) are accepted only at their neutral value (`null`, `false`,
+(tools, penalties, ...) are accepted only at their neutral value (`null`, `false`,
 `0`, empty); anything else is refused by name rather than silently ignored. A few fields that
 change nothing about the text (`user`, `metadata`, `store`, ...) are accepted and ignored.
 """
@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from chuan.errors import InputError
 
@@ -40,6 +47,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    """`response_format`: only plain text. chuan does not constrain decoding to a grammar, so
+    `json_object` / `json_schema` are refused by name rather than answered with text that
+    may not parse."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, kind: str) -> str:
+        if kind != "text":
+            raise InputError(
+                f"{kind!r} is not supported: chuan serve does not constrain decoding to JSON; "
+                "send type 'text', ask for JSON in the prompt and validate the reply"
+            )
+        return kind
+
+
 class GenerationRequest(BaseModel):
     """Shared sampling fields of both endpoints; extras are checked, not dropped."""
 
@@ -56,6 +83,7 @@ class GenerationRequest(BaseModel):
     # Not in OpenAI's API, accepted as in vLLM and Baichuan's own `generation_config.json`.
     top_k: Annotated[int | None, Field(ge=0)] = None
     repetition_penalty: Annotated[float | None, Field(gt=0.0)] = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -114,6 +142,8 @@ class ChatCompletionRequest(GenerationRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int | None, Field(ge=1)] = None
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
 
     @field_validator("messages")
     @classmethod
@@ -123,10 +153,21 @@ class ChatCompletionRequest(GenerationRequest):
                 raise InputError(f"message {i} is a system message; only the first may be")
         return messages
 
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise InputError("top_logprobs needs logprobs: true")
+        return self
+
     @property
     def token_limit(self) -> int | None:
         """`max_completion_tokens` (OpenAI's newer name) or else `max_tokens`."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def alternatives(self) -> int | None:
+        """Alternatives to report per token (None: no log-probabilities)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def _is_ids(value: Any) -> bool:
@@ -138,9 +179,20 @@ class CompletionRequest(GenerationRequest):
     """`POST /v1/completions`; a prompt is text or token ids, one or a list of them."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: Annotated[int, Field(ge=1)] = 16  # OpenAI's default for this endpoint
-    echo: Literal[False] = False
+    max_tokens: Annotated[int, Field(ge=0)] = 16  # OpenAI's default for this endpoint
+    echo: bool = False
+    logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
     suffix: None = None
+
+    @model_validator(mode="after")
+    def _nothing_to_do(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise InputError("max_tokens is 0 and echo is off: there is nothing to return")
+        return self
+
+    @property
+    def alternatives(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -176,10 +228,38 @@ class KbSearchRequest(BaseModel):
     k: Annotated[int | None, Field(ge=1, le=100)] = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # read from the prefix cache, not prefilled
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, `None` for the first prompt token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class ModelCard(BaseModel):
@@ -203,7 +283,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -230,7 +310,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -246,7 +326,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -198,15 +198,32 @@ class TokenChooser:
     plain temperature sampling) draw over the vocabulary in id order and skip the sort,
     which costs as much as the forward of a small model; whether a row sorts depends on its
     own settings only, so the batch still cannot change its draws.
+
+    `generators` (one per row, from `row_generator`) lets rows keep their random state when
+    the batch around them changes (the serving engine rebuilds the chooser as rows come and
+    go); by default each seeded row starts a generator of its own.
     """
 
-    def __init__(self, configs: Sequence[SamplingConfig], device: torch.device):
+    def __init__(
+        self,
+        configs: Sequence[SamplingConfig],
+        device: torch.device,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ):
+        if generators is None:
+            generators = [row_generator(c.seed, device) for c in configs]
         self.penalty = torch.tensor([c.repetition_penalty for c in configs], device=device)
         self.penalize = any(c.repetition_penalty != 1.0 for c in configs)
         sampled = [i for i, c in enumerate(configs) if not c.greedy]
         filtered = [i for i in sampled if configs[i].top_k > 0 or configs[i].top_p < 1.0]
         self.groups = [
-            _SampledRows(rows, [configs[i] for i in rows], device, sort=rows is filtered)
+            _SampledRows(
+                rows,
+                [configs[i] for i in rows],
+                [generators[i] for i in rows],
+                device,
+                sort=rows is filtered,
+            )
             for rows in (filtered, [i for i in sampled if i not in filtered])
             if rows
         ]
@@ -226,11 +243,11 @@ class TokenChooser:
 class _SampledRows:
     """Sampling rows of a batch that share a path: filtered (sorted candidates) or not."""
 
-    def __init__(self, rows: list[int], configs, device: torch.device, sort: bool):
+    def __init__(self, rows: list[int], configs, generators, device: torch.device, sort: bool):
         self.rows = rows
         self.sort = sort
         self.params = FilterParams.from_configs(configs, device)
-        self.generators = [_generator(c.seed, device) for c in configs]
+        self.generators = generators
 
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """One token id per row of `logits` `[R, V]`."""
@@ -254,5 +271,6 @@ class _SampledRows:
         return index.clamp(max=last) if isinstance(last, int) else torch.minimum(index, last)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+def row_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A row's random state: its own generator when seeded, else None (the global RNG)."""
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)

@@ -24,6 +24,7 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,8 +37,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chuan.errors import InputError
 from chuan.infer import openai_schema as oa
 from chuan.infer.chat import build_chat_input
-from chuan.infer.engine import Engine, GenerationError, Job, RowFinished, RowSpec, TextDelta
+from chuan.infer.engine import (
+    Engine,
+    GenerationError,
+    Job,
+    PromptScored,
+    QueueFull,
+    RowFinished,
+    RowSpec,
+    TextDelta,
+    TokenLogprob,
+)
 from chuan.infer.generate import SamplingConfig
+from chuan.infer.logprobs import TokenText
+from chuan.infer.metrics import prometheus_text
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -54,15 +67,18 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.detail = oa.ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = dict(headers or {})
+        if status == 401:
+            self.headers["WWW-Authenticate"] = "Bearer"
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         body = oa.dump(oa.ErrorResponse(error=self.detail))
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=self.headers or None)
 
 
 def _dotted(loc: tuple) -> str:
@@ -143,7 +159,7 @@ def _sampling(body: oa.GenerationRequest, defaults: SamplingConfig, max_new: int
 def _budget(prompt_tokens: int, requested: int, context: int, param: str) -> int:
     """New tokens a prompt may have: `requested`, cut to the room left in the context."""
     room = context - prompt_tokens
-    if room < 1:
+    if room < 1 and not (requested == 0 and room == 0):
         raise APIError(
             400,
             f"This model's maximum context length is {context} tokens, but the {param} "
@@ -158,12 +174,20 @@ def _budget(prompt_tokens: int, requested: int, context: int, param: str) -> int
 def _rows(
     engine: Engine, prompts: list[list[int]], body: oa.GenerationRequest, requested: int, param: str
 ) -> list[RowSpec]:
-    """`body.n` rows per prompt, prompt-major (row = prompt * n + choice, as OpenAI indexes)."""
+    """`body.n` rows per prompt, prompt-major (row = prompt * n + choice, as OpenAI indexes).
+    `requested` 0 (completions with `echo`) scores the prompt and generates nothing."""
     rows = []
+    echo = getattr(body, "echo", False)
     for ids in prompts:
         max_new = _budget(len(ids), requested, engine.context_length, param)
         rows += [
-            RowSpec(ids, _sampling(body, engine.defaults, max_new, choice))
+            RowSpec(
+                ids,
+                _sampling(body, engine.defaults, max(max_new, 1), choice),
+                logprobs=body.alternatives,
+                echo=echo,
+                generate=max_new > 0,
+            )
             for choice in range(body.n)
         ]
     return rows
@@ -198,19 +222,25 @@ class _Choice:
     parts: list[str] = field(default_factory=list)
     finish_reason: str = "stop"
     tokens: int = 0
+    cached: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    prompt_ids: list[int] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
 
-def _usage(prompts: list[list[int]], completion_tokens: int) -> oa.Usage:
-    """Usage as OpenAI counts it: each prompt once (not once per choice), every new token."""
+def _usage(prompts: list[list[int]], completion_tokens: int, cached: list[int]) -> oa.Usage:
+    """Usage as OpenAI counts it: each prompt once (not once per choice), every new token;
+    `cached` (each prompt's tokens read from the prefix cache) gives `prompt_tokens_details`."""
     prompt_tokens = sum(map(len, prompts))
     return oa.Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=oa.PromptTokensDetails(cached_tokens=sum(cached)),
     )
 
 
@@ -221,16 +251,21 @@ class _ChatFormat:
     id: str
     created: int
     model: str
+    text: TokenText
 
     def opening(self, rows: int) -> list[BaseModel]:
         """The first chunk of each choice carries the role, as OpenAI's do."""
         return [self._chunk(i, oa.Delta(role="assistant", content=""), None) for i in range(rows)]
 
-    def chunk(self, row: int, text: str | None, reason: str | None) -> BaseModel:
-        return self._chunk(row, oa.Delta(content=text), reason)
+    def chunk(self, row: int, text: str | None, reason: str | None, logprobs=()) -> BaseModel:
+        return self._chunk(row, oa.Delta(content=text), reason, logprobs)
 
-    def _chunk(self, row: int, delta: oa.Delta, reason: str | None) -> BaseModel:
-        choice = oa.ChatChunkChoice(index=row, delta=delta, finish_reason=reason)
+    def prompt_chunk(self, row: int, prompt: list[int], scored) -> None:
+        return None  # chat never echoes the prompt
+
+    def _chunk(self, row: int, delta: oa.Delta, reason: str | None, logprobs=()) -> BaseModel:
+        scores = self.text.chat(list(logprobs)) if logprobs else None
+        choice = oa.ChatChunkChoice(index=row, delta=delta, finish_reason=reason, logprobs=scores)
         return oa.ChatCompletionChunk(
             id=self.id, created=self.created, model=self.model, choices=[choice]
         )
@@ -240,7 +275,7 @@ class _ChatFormat:
             id=self.id, created=self.created, model=self.model, choices=[], usage=usage
         )
 
-    def response(self, choices: list[_Choice], usage: oa.Usage) -> BaseModel:
+    def response(self, choices: list[_Choice], usage: oa.Usage, wants_logprobs: bool):
         return oa.ChatCompletion(
             id=self.id,
             created=self.created,
@@ -250,6 +285,7 @@ class _ChatFormat:
                     index=i,
                     message=oa.AssistantMessage(content=c.text),
                     finish_reason=c.finish_reason,
+                    logprobs=self.text.chat(c.logprobs) if wants_logprobs else None,
                 )
                 for i, c in enumerate(choices)
             ],
@@ -259,30 +295,55 @@ class _ChatFormat:
 
 @dataclass
 class _CompletionFormat:
-    """Text completion objects and chunks of one response (chunks are completions too)."""
+    """Text completion objects and chunks of one response (chunks are completions too).
+
+    With `echo`, each choice's text and log-probabilities start with its prompt's."""
 
     id: str
     created: int
     model: str
+    text: TokenText
+    echoed: list[str] | None = None  # each prompt's text, with echo
+    n: int = 1
 
     def opening(self, rows: int) -> list[BaseModel]:
         return []
 
-    def chunk(self, row: int, text: str | None, reason: str | None) -> BaseModel:
-        choice = oa.CompletionChoice(index=row, text=text or "", finish_reason=reason)
+    def chunk(self, row: int, text: str | None, reason: str | None, logprobs=()) -> BaseModel:
+        scores = None
+        if logprobs:
+            scores = self.text.completion(list(logprobs), [e.token for e in logprobs])
+        choice = oa.CompletionChoice(index=row, text=text or "", finish_reason=reason,
+                                     logprobs=scores)  # fmt: skip
         return self.response_of([choice], None)
+
+    def prompt_chunk(self, row: int, prompt: list[int], scored) -> BaseModel:
+        """The echoed prompt of `row`, streamed before its first new text."""
+        scores = self.text.completion(list(scored), prompt)
+        text = self.echoed[row // self.n]
+        return self.response_of([oa.CompletionChoice(index=row, text=text, logprobs=scores)], None)
 
     def usage_chunk(self, usage: oa.Usage) -> BaseModel:
         return self.response_of([], usage)
 
-    def response(self, choices: list[_Choice], usage: oa.Usage) -> BaseModel:
+    def response(self, choices: list[_Choice], usage: oa.Usage, wants_logprobs: bool):
         return self.response_of(
-            [
-                oa.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
-                for i, c in enumerate(choices)
-            ],
-            usage,
+            [self._choice(i, c, wants_logprobs) for i, c in enumerate(choices)], usage
         )
+
+    def _choice(self, row: int, choice: _Choice, wants_logprobs: bool) -> oa.CompletionChoice:
+        prefix = self.echoed[row // self.n] if self.echoed is not None else ""
+        scores = None
+        if wants_logprobs:
+            entries: list[TokenLogprob | None] = list(choice.logprobs)
+            tokens = [e.token for e in choice.logprobs]
+            prompt = choice.prompt_logprobs
+            if prompt is not None:
+                entries = list(prompt) + entries
+                tokens = choice.prompt_ids + tokens
+            scores = self.text.completion(entries, tokens)
+        return oa.CompletionChoice(index=row, text=prefix + choice.text,
+                                   finish_reason=choice.finish_reason, logprobs=scores)  # fmt: skip
 
     def response_of(self, choices: list[oa.CompletionChoice], usage: oa.Usage | None):
         return oa.Completion(
@@ -339,28 +400,40 @@ async def _stream(
     include_usage: bool,
     citing: _Citing | None,
 ) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per text delta, a finish chunk per choice, optionally
-    a usage chunk, then `[DONE]`. Leaving early (the client went away) cancels the job.
+    """Server-sent events: the echoed prompt (completions with `echo`), one chunk per text
+    delta, a finish chunk per choice, optionally a usage chunk, then `[DONE]`. Leaving early
+    (the client went away) cancels the job.
 
     With `citing`, a choice's text is sent a sentence at a time, citations checked, and the
-    last chunk (empty `choices`, with the usage when asked for) carries `citations`."""
+    last chunk (empty `choices`, with the usage when asked for) carries `citations`. Token
+    log-probabilities ride on the next chunk that is sent for their choice."""
     completion_tokens = 0
+    n = len(job.rows) // len(prompts)
+    cached = [0] * len(prompts)
+    waiting: dict[int, list[TokenLogprob]] = {}
     try:
         for chunk in fmt.opening(len(job.rows)):
             yield _sse(chunk)
         async for event in job.events():
+            row = event.row
+            if isinstance(event, PromptScored):
+                yield _sse(fmt.prompt_chunk(row, prompts[row // n], event.tokens))
+                continue
+            waiting.setdefault(row, []).extend(event.logprobs)
             if isinstance(event, TextDelta):
-                text = event.text if citing is None else citing.push(event.row, event.text)
+                text = event.text if citing is None else citing.push(row, event.text)
                 if text:
-                    yield _sse(fmt.chunk(event.row, text, None))
-            else:
-                rest = "" if citing is None else citing.flush(event.row)
-                if rest:
-                    yield _sse(fmt.chunk(event.row, rest, None))
-                completion_tokens += event.completion_tokens
-                yield _sse(fmt.chunk(event.row, None, event.reason))
+                    yield _sse(fmt.chunk(row, text, None, waiting.pop(row)))
+                continue
+            rest = "" if citing is None else citing.flush(row)
+            if rest:
+                yield _sse(fmt.chunk(row, rest, None, waiting.pop(row)))
+            completion_tokens += event.completion_tokens
+            if row % n == 0:
+                cached[row // n] = event.cached_tokens
+            yield _sse(fmt.chunk(row, None, event.reason, waiting.pop(row, ())))
         if include_usage or citing is not None:
-            usage = _usage(prompts, completion_tokens) if include_usage else None
+            usage = _usage(prompts, completion_tokens, cached) if include_usage else None
             last = oa.dump(fmt.usage_chunk(usage))
             if citing is not None:
                 last["citations"] = citing.citations()
@@ -376,10 +449,15 @@ async def _collect(job: Job | _FixedJob) -> list[_Choice]:
     choices = [_Choice() for _ in job.rows]
     async for event in job.events():
         choice = choices[event.row]
+        if isinstance(event, PromptScored):
+            choice.prompt_logprobs = event.tokens
+            continue
+        choice.logprobs += event.logprobs
         if isinstance(event, TextDelta):
             choice.parts.append(event.text)
         else:
             choice.finish_reason, choice.tokens = event.reason, event.completion_tokens
+            choice.cached = event.cached_tokens
     return choices
 
 
@@ -432,7 +510,11 @@ async def _respond(
     elif not engine.alive:
         raise APIError(503, "the generation worker has stopped", type="server_error")
     else:
-        job = engine.submit(rows, body.stop)
+        try:
+            job = engine.submit(rows, body.stop)
+        except QueueFull as err:
+            headers = {"Retry-After": str(err.retry_after)}
+            raise APIError(429, str(err), type="server_busy", headers=headers) from err
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream(job, fmt, prompts, include_usage, citing)
@@ -443,8 +525,12 @@ async def _respond(
     if citing is not None:
         for row, choice in enumerate(choices):
             choice.parts = [citing.push(row, choice.text) + citing.flush(row)]
-    usage = _usage(prompts, sum(c.tokens for c in choices))
-    payload = oa.dump(fmt.response(choices, usage))
+    n = len(choices) // len(prompts)
+    cached = [choice.cached for choice in choices[::n]]
+    usage = _usage(prompts, sum(c.tokens for c in choices), cached)
+    for choice, row in zip(choices, rows or (), strict=False):
+        choice.prompt_ids = row.prompt_ids
+    payload = oa.dump(fmt.response(choices, usage, body.alternatives is not None))
     if citing is not None:
         payload["citations"] = citing.citations()
     return JSONResponse(payload)
@@ -537,8 +623,23 @@ def create_app(
                 code="model_not_found",
             )
 
-    def new_format(kind: type[Format], prefix: str) -> Format:
-        return kind(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model_name)
+    token_text = TokenText(engine.tokenizer)
+
+    def new_format(kind: type[Format], prefix: str, **extra) -> Format:
+        return kind(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()),
+                    model=model_name, text=token_text, **extra)  # fmt: skip
+
+    # Answers by endpoint and status for /metrics; unknown paths count as one endpoint.
+    requests: Counter[tuple[str, int]] = Counter()
+    endpoints = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
+                 "/v1/kb/search"}  # fmt: skip
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        path = request.url.path
+        requests[(path if path in endpoints else "other", response.status_code)] += 1
+        return response
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -548,8 +649,14 @@ def create_app(
             "waiting_rows": engine.waiting_rows,
             "running_rows": engine.running_rows,
             "max_batch": engine.max_batch,
+            "max_queue": engine.max_queue,
         }
         return JSONResponse(status, status_code=200 if engine.alive else 503)
+
+    @app.get("/metrics", dependencies=authorized)
+    async def metrics() -> Response:
+        text = prometheus_text(engine, dict(requests))
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", dependencies=authorized)
     async def list_models() -> JSONResponse:
@@ -584,7 +691,10 @@ def create_app(
         check_model(body.model)
         prompts = [_completion_ids(engine, p) for p in body.prompts]
         rows = _rows(engine, prompts, body, body.max_tokens, "prompt")
-        fmt = new_format(_CompletionFormat, "cmpl")
+        echoed = None
+        if body.echo:
+            echoed = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in body.prompts]
+        fmt = new_format(_CompletionFormat, "cmpl", echoed=echoed, n=body.n)
         return await _respond(request, engine, body, fmt, prompts, rows)
 
     if grounding is not None:

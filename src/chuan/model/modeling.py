@@ -218,6 +218,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         shared_prefix: int = 0,
+        attention_spec: AttentionSpec | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """`attention_mask` is 2-D segment ids (0 = padding; see `chuan.model.positions`)
@@ -225,7 +226,9 @@ class BaichuanModel(BaichuanPreTrainedModel):
         transformers 5.25, `past_key_values`; a cache passed in is read even with
         `use_cache=False` (prefix tuning's key/values arrive that way while training).
         `shared_prefix=N`: the first N positions are virtual tokens every packed document
-        (or left-padded row) attends to, its positions counting on after them."""
+        (or left-padded row) attends to, its positions counting on after them.
+        `attention_spec` replaces all of that for a caller that lays out its rows' keys
+        itself (the serving engine's slot pool: `chuan.model.positions.explicit_attention_spec`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -241,11 +244,10 @@ class BaichuanModel(BaichuanPreTrainedModel):
                 f"per packed document); got shape {tuple(attention_mask.shape)}"
             )
         batch, q_len, _ = inputs_embeds.shape
-        past_len = cache.get_seq_length() if cache is not None else 0
-        spec = build_attention_spec(
+        spec = attention_spec or build_attention_spec(
             batch=batch,
             q_len=q_len,
-            past_len=past_len,
+            past_len=cache.get_seq_length() if cache is not None else 0,
             segments=attention_mask.long() if attention_mask is not None else None,
             position_ids=position_ids,
             position_encoding=self.config.position_encoding,
@@ -332,6 +334,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         loss_reduction: str = "mean",
         past_key_values: Cache | None = None,
         shared_prefix: int = 0,
+        attention_spec: AttentionSpec | None = None,
         **kwargs,
     ) -> BaichuanCausalLMOutput:
         """With `labels` (shifted inside, -100 = no label) the loss is computed in chunks and
@@ -347,6 +350,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             shared_prefix=shared_prefix,
+            attention_spec=attention_spec,
         )
         hidden = outputs.last_hidden_state
         cache = getattr(outputs, CACHE_FIELD)

@@ -158,3 +158,35 @@ def build_attention_spec(
     bias = slopes[None, :, None, None] * distance
     bias = torch.where(allowed, bias, torch.tensor(float("-inf"), device=device))
     return AttentionSpec(mask=bias, is_causal=False, upcast=True, rope=None)
+
+
+def explicit_attention_spec(
+    *,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_valid: torch.Tensor,
+    position_encoding: str,
+    num_heads: int,
+    head_dim: int,
+    rope_theta: float,
+) -> AttentionSpec:
+    """The spec for rows whose tokens carry their own positions: a serving engine's rows at
+    different lengths in one batch (`chuan.infer.slots`).
+
+    `query_positions` `[B, T]` are the new tokens' positions; `key_positions` / `key_valid`
+    `[B, S]` say where each key the attention will see sits and whether it holds a token of
+    the row. A query attends to the valid keys at or before its position, which is causal
+    attention within each row whatever the layout of the key buffer. A padded query is given
+    a position past every key, so it sees the row's keys and never an empty softmax row.
+    """
+    allowed = key_valid[:, None, None, :] & (
+        key_positions[:, None, None, :] <= query_positions[:, None, :, None]
+    )
+    if position_encoding == "rope":
+        rope = rope_cos_sin(query_positions, head_dim, rope_theta)
+        return AttentionSpec(mask=allowed, is_causal=False, upcast=False, rope=rope)
+    slopes = torch.tensor(alibi_slopes(num_heads), device=query_positions.device)
+    distance = (key_positions[:, None, None, :] - query_positions[:, None, :, None]).float()
+    bias = slopes[None, :, None, None] * distance
+    bias = torch.where(allowed, bias, torch.tensor(float("-inf"), device=bias.device))
+    return AttentionSpec(mask=bias, is_causal=False, upcast=True, rope=None)
