@@ -18,12 +18,14 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+import torch
 
 from chuan.errors import InputError
 from chuan.infer.chat import build_chat_input
 from chuan.infer.engine import Engine, GenerationError, RowFinished, RowSpec
 from chuan.infer.generate import generate
 from chuan.infer.loading import load_model, load_saved_tokenizer
+from chuan.infer.logprobs import TokenText
 from chuan.infer.sampling import generation_defaults
 from chuan.infer.server import create_app
 from chuan.infer.text import TextStream
@@ -199,8 +201,10 @@ def test_raw_completion_stream_is_well_formed(base_url):
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] in ("stop", "length")
 
 
-def test_32_concurrent_streams_all_complete(base_url, model, model_dir, tokenizer):
-    """32 streams at once on a max_batch-8 engine; greedy ones match `generate`."""
+@pytest.mark.parametrize("slots", [8, 64])
+def test_64_concurrent_streams_all_complete(model, model_dir, tokenizer, slots):
+    """64 streams at once, queueing for 8 slots or all decoded together in 64; greedy ones
+    match `generate`."""
 
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
         stream = await client.chat.completions.create(
@@ -217,16 +221,26 @@ def test_32_concurrent_streams_all_complete(base_url, model, model_dir, tokenize
         text = "".join(c.choices[0].delta.content or "" for c in chunks)
         return text, chunks[-1].choices[0].finish_reason
 
-    async def main():
+    async def main(base_url: str):
         client = openai.AsyncOpenAI(
             api_key=KEY, base_url=f"{base_url}/v1", max_retries=0, timeout=60
         )
         async with client:
-            return await asyncio.gather(*(one(client, i) for i in range(32)))
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
 
-    results = asyncio.run(main())
+    defaults = generation_defaults(model_dir)
+    with (
+        Engine(model, tokenizer, defaults=defaults, max_batch=slots) as engine,
+        running(create_app(engine, model_name=NAME, api_key=KEY)) as base_url,
+    ):
+        results = asyncio.run(main(base_url))
+        batches = engine.metrics.batch_size
+        assert engine.free_slots == slots
     assert all(reason in ("stop", "length") for _, reason in results)
-    for i in (0, 14, 30):
+    # Rows decoded together: up to the slots there are (the histogram's buckets 1, 2, 4, ...).
+    widest = max(b for b, c in zip(batches.buckets, batches.counts, strict=False) if c)
+    assert widest == slots if slots == 8 else widest >= 32
+    for i in (0, 14, 30, 62):
         ids = reference(
             model,
             model_dir,
@@ -238,8 +252,8 @@ def test_32_concurrent_streams_all_complete(base_url, model, model_dir, tokenize
 
 
 def test_a_new_request_does_not_wait_for_a_running_batch(engine, model_dir, tokenizer):
-    """A short job submitted while a long one decodes finishes first: it runs in a cohort
-    of its own beside the running one instead of queueing behind it."""
+    """A short job submitted while a long one decodes finishes first: it joins the running
+    batch instead of queueing behind it."""
     config = dataclasses.replace(generation_defaults(model_dir), temperature=0.0)
     finished = []
 
@@ -341,8 +355,11 @@ def test_malformed_json_is_a_400(base_url):
             "tools",
         ),
         (
-            {"model": NAME, "messages": [{"role": "user", "content": "x"}],
-             "response_format": {"type": "json_object"}},
+            {
+                "model": NAME,
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
             "response_format.type",
         ),  # fmt: skip
     ],
@@ -418,3 +435,116 @@ def test_cli_parses_with_loopback_defaults(monkeypatch):
     assert (api_key(None), api_key("flag")) == ("from-env", "flag")
     monkeypatch.setenv("CHUAN_API_KEY", "")
     assert api_key(None) is None
+
+
+def test_chat_logprobs_are_the_models_own(client, model, model_dir, tokenizer):
+    """Each generated token's log-probability is the model's log-softmax at its position
+    (before sampling settings), streamed or not, with `top_logprobs` alternatives."""
+    messages = [{"role": "user", "content": "And God saw the light"}]
+    prompt = chat_ids(tokenizer, messages[0]["content"])
+    ids = reference(model, model_dir, prompt, temperature=0.0, max_new_tokens=6)
+    args = dict(model=NAME, messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                top_logprobs=3)  # fmt: skip
+    out = client.chat.completions.create(**args)
+    with torch.no_grad():
+        logps = model(input_ids=torch.tensor([prompt + ids])).logits[0].float().log_softmax(-1)
+    content = out.choices[0].logprobs.content
+    assert len(content) == len(ids)
+    for j, (entry, token) in enumerate(zip(content, ids, strict=True)):
+        assert entry.logprob == pytest.approx(logps[len(prompt) - 1 + j, token].item(), abs=1e-4)
+        best = logps[len(prompt) - 1 + j].topk(3)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(best.values.tolist(),
+                                                                        abs=1e-4)  # fmt: skip
+        assert bytes(entry.bytes) == TokenText(tokenizer).bytes(token)
+    streamed = [
+        entry
+        for chunk in client.chat.completions.create(**args, stream=True)
+        if chunk.choices and chunk.choices[0].logprobs
+        for entry in chunk.choices[0].logprobs.content
+    ]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-5)
+
+
+def test_completion_echo_scores_the_prompt(client, model, tokenizer):
+    """`echo` with `max_tokens: 0` returns the prompt's text and each token's log-probability
+    given the ones before (the first has none): what lm-eval's `local-completions` reads."""
+    text = "In the beginning God created the heaven and the earth"
+    ids = tokenizer.encode(text)
+    out = client.completions.create(model=NAME, prompt=text, max_tokens=0, echo=True, logprobs=1)
+    choice = out.choices[0]
+    with torch.no_grad():
+        logps = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    assert choice.text == text and out.usage.completion_tokens == 0
+    assert choice.logprobs.token_logprobs[0] is None and len(choice.logprobs.tokens) == len(ids)
+    expected = [logps[j - 1, ids[j]].item() for j in range(1, len(ids))]
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    assert all(len(top) == 1 for top in choice.logprobs.top_logprobs[1:])
+    offsets = choice.logprobs.text_offset
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    more = client.completions.create(model=NAME, prompt=ids, max_tokens=3, echo=True, logprobs=0,
+                                     temperature=0)  # fmt: skip
+    assert len(more.choices[0].logprobs.tokens) == len(ids) + more.usage.completion_tokens
+    assert more.choices[0].text.startswith(tokenizer.decode(ids))
+
+
+def test_a_repeated_system_prompt_is_read_from_the_prefix_cache(
+    client, model, model_dir, tokenizer
+):
+    system = " ".join(["And God said, Let there be light: and there was light."] * 8)
+
+    def ask(question: str):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        out = client.chat.completions.create(model=NAME, messages=messages, max_tokens=5,
+                                             temperature=0)  # fmt: skip
+        prompt = build_chat_input(tokenizer, messages, 0, sys.maxsize)
+        ids = reference(model, model_dir, prompt, temperature=0.0, max_new_tokens=5)
+        assert out.choices[0].message.content == text_of(tokenizer, ids)
+        return out.usage
+
+    ask("Who said it?")
+    usage = ask("What was made?")
+    assert usage.prompt_tokens_details.cached_tokens >= len(tokenizer.encode(system))
+
+
+def test_a_full_queue_is_a_429_with_retry_after(model, model_dir, tokenizer):
+    defaults = generation_defaults(model_dir)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": NAME, "prompt": "Long", "max_tokens": 300, "stream": True}
+    with (
+        Engine(model, tokenizer, defaults=defaults, max_batch=1, max_queue=1) as engine,
+        running(create_app(engine, model_name=NAME, api_key=KEY)) as base_url,
+        httpx2.Client(base_url=base_url, headers=headers, timeout=30) as http,
+        http.stream("POST", "/v1/completions", json=body) as first,
+    ):
+        next(first.iter_lines())  # decoding: it holds the only slot
+        with http.stream("POST", "/v1/completions", json=body) as second:
+            assert second.status_code == 200  # waits in the queue
+            refused = http.post("/v1/completions", json=body)
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert error_of(refused)["type"] == "server_busy"
+        metrics = http.get("/metrics").text
+    assert 'chuan_requests_total{endpoint="/v1/completions",code="429"} 1' in metrics
+    assert "chuan_queue_rejections_total 1" in metrics
+
+
+def test_metrics_are_prometheus_text_behind_the_key(client, base_url):
+    client.completions.create(model=NAME, prompt="In", max_tokens=2)
+    assert httpx2.get(f"{base_url}/metrics").status_code == 401
+    response = httpx2.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = {}
+    for line in response.text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['chuan_requests_total{endpoint="/v1/completions",code="200"}'] >= 1
+    assert values["chuan_generation_tokens_total"] >= 2
+    assert values["chuan_time_to_first_token_seconds_count"] >= 1
+    assert (
+        values['chuan_time_to_first_token_seconds_bucket{le="+Inf"}']
+        == values["chuan_time_to_first_token_seconds_count"]
+    )
+    assert values["chuan_slots"] == 8 and values["chuan_queue_depth"] == 0
+    for name in ("chuan_inter_token_latency_seconds_count", "chuan_batch_size_count",
+                 "chuan_prefix_cache_hit_tokens_total", "chuan_running_sequences"):  # fmt: skip
+        assert name in values

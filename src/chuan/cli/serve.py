@@ -16,7 +16,6 @@ from chuan.cli.options import (
     int_at_least,
     port_number,
 )
-from chuan.errors import InputError
 
 API_KEY_ENV = "CHUAN_API_KEY"
 
@@ -42,8 +41,6 @@ def _serve(args: argparse.Namespace) -> None:
     from chuan.infer.engine import load_engine
     from chuan.infer.server import create_app
 
-    if args.max_batch < 1:
-        raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
     key = api_key(args.api_key)
     if not _is_loopback(args.host) and key is None:
         print(
@@ -59,15 +56,20 @@ def _serve(args: argparse.Namespace) -> None:
         args.model,
         device=args.device,
         dtype=args.dtype,
-        max_batch=args.max_batch,
         adapter=args.adapter,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        prefill_chunk=args.prefill_chunk,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+        max_model_len=args.max_model_len,
     ) as engine:
         app = create_app(engine, model_name=model_name, api_key=key, grounding=grounding)
         kb = f", answering from {args.kb}" if args.kb else ""
         print(
             f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1 "
-            f"({next(engine.model.parameters()).device}, max batch {args.max_batch}, "
-            f"context {engine.context_length}, key {'required' if key else 'not required'}"
+            f"({engine.device}, {args.max_batch} slots of {engine.context_length} tokens "
+            f"({engine.pool.bytes / 2**20:,.0f} MiB of KV cache), prefix cache "
+            f"{args.prefix_cache_tokens} tokens, key {'required' if key else 'not required'}"
             f"{kb})",
             file=sys.stderr,
         )
@@ -85,9 +87,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "sources retrieved with the last user message go into the prompt numbered [n], the "
         "reply's citations are checked, and the response (the last chunk when streamed) has a "
         "top-level `citations` list; POST /v1/kb/search searches the knowledge base. "
-        "One worker thread owns the model and decodes concurrent requests together in "
-        "batches of up to --max-batch rows, each row with its own sampling settings. "
-        "See docs/serve.md.",
+        "One worker thread owns the model and batches concurrent requests token by token: a "
+        "new request is prefilled and joins the running batch at the next step, a finished one "
+        "leaves it at once, each row with its own sampling settings; prompt prefixes seen "
+        "before (a system prompt, few-shot examples) are not prefilled again. GET /metrics "
+        "gives Prometheus metrics. See docs/serve.md.",
         epilog="example: chuan serve runs/sft/model --api-key s3cret; then point any OpenAI "
         "client at http://127.0.0.1:8000/v1",
     )
@@ -112,7 +116,38 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--max-batch",
         type=int_at_least(1),
         default=16,
-        help="most sequences decoded at once, across requests and choices (default 16)",
+        help="slots of the KV cache: most sequences prefilled or decoded at once, across "
+        "requests and choices (default 16); each slot reserves --max-model-len positions",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int_at_least(1),
+        default=256,
+        help="sequences that may wait for a slot; past that, requests get 429 with "
+        "Retry-After (default 256)",
+    )
+    serve.add_argument(
+        "--max-model-len",
+        type=int_at_least(2),
+        metavar="N",
+        help="longest prompt + reply a slot holds (default: the model's context); lower it to "
+        "fit more slots in memory",
+    )
+    serve.add_argument(
+        "--prefill-chunk",
+        type=int_at_least(1),
+        default=512,
+        metavar="N",
+        help="prompt tokens prefilled per step (default 512): a long prompt is spread over "
+        "several steps so running streams keep their pace",
+    )
+    serve.add_argument(
+        "--prefix-cache-tokens",
+        type=int_at_least(0),
+        default=4096,
+        metavar="N",
+        help="prompt positions whose keys and values are kept for requests that start the same "
+        "way (default 4096; 0 turns prefix reuse off)",
     )
     add_device_arguments(serve)
     add_adapter_argument(serve)
