@@ -44,6 +44,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.runs and not Path(args.runs).is_dir():
+        raise InputError(f"--runs {args.runs}: not a directory (the training runs to chart)")
     key = api_key(args.api_key)
     if not _is_loopback(args.host) and key is None:
         print(
@@ -62,13 +64,17 @@ def _serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         adapter=args.adapter,
     ) as engine:
-        app = create_app(engine, model_name=model_name, api_key=key, grounding=grounding)
+        app = create_app(
+            engine, model_name=model_name, api_key=key, grounding=grounding, runs_dir=args.runs
+        )
         kb = f", answering from {args.kb}" if args.kb else ""
+        runs = f", charting runs in {args.runs}" if args.runs else ""
         print(
-            f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1 "
+            f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1, "
+            f"web page http://{args.host}:{args.port}/ "
             f"({next(engine.model.parameters()).device}, max batch {args.max_batch}, "
             f"context {engine.context_length}, key {'required' if key else 'not required'}"
-            f"{kb})",
+            f"{kb}{runs})",
             file=sys.stderr,
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -85,6 +91,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "sources retrieved with the last user message go into the prompt numbered [n], the "
         "reply's citations are checked, and the response (the last chunk when streamed) has a "
         "top-level `citations` list; POST /v1/kb/search searches the knowledge base. "
+        "GET / is a web page: a streamed chat, and live charts of the training runs under "
+        "--runs. "
         "One worker thread owns the model and decodes concurrent requests together in "
         "batches of up to --max-batch rows, each row with its own sampling settings. "
         "See docs/serve.md.",
@@ -123,6 +131,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "citations, and serve POST /v1/kb/search; see docs/rag.md",
     )
     add_retrieval_arguments(serve, prefix="--kb-")
+    serve.add_argument(
+        "--runs",
+        metavar="DIR",
+        help="training runs to show on the web page's runs view: DIR/RUN/metrics.jsonl and "
+        "DIR/GROUP/RUN/metrics.jsonl, charted live as they are written",
+    )
     serve.add_argument(
         "--log-level",
         default="info",

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
@@ -38,6 +39,7 @@ from chuan.infer import openai_schema as oa
 from chuan.infer.chat import build_chat_input
 from chuan.infer.engine import Engine, GenerationError, Job, RowFinished, RowSpec, TextDelta
 from chuan.infer.generate import SamplingConfig
+from chuan.infer.webui import install_web_routes
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -514,13 +516,15 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     grounding: Grounding | None = None,
+    runs_dir: str | Path | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app serving `engine`'s model as `model_name`.
 
     With `api_key`, every `/v1` route needs `Authorization: Bearer <api_key>`; `/health`
     never does. With `grounding`, chat completions answer from its knowledge base with
-    citations, and `POST /v1/kb/search` searches it. The caller owns the engine (and closes
-    it after the server stops).
+    citations, and `POST /v1/kb/search` searches it. The web page at `/` chats with the model
+    and charts the training runs under `runs_dir` (`chuan.infer.webui`). The caller owns the
+    engine (and closes it after the server stops).
     """
     # No /docs or /openapi.json: the surface is exactly the API below.
     app = FastAPI(title="chuan serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -595,4 +599,11 @@ def create_app(
             results = grounding.search_results(body.query, body.k)
             return JSONResponse({"object": "list", "query": body.query, "results": results})
 
+    install_web_routes(
+        app,
+        authorized=authorized,
+        runs_dir=runs_dir,
+        model_name=model_name,
+        grounded=grounding is not None,
+    )
     return app
