@@ -402,8 +402,8 @@ async function pollRun() {
     state.records = [];
     state.lineErrors = [];
   }
-  state.records.push(...body.records);
-  state.lineErrors.push(...body.errors);
+  state.records = state.records.concat(body.records); // (a spread would overflow on a long run)
+  state.lineErrors = state.lineErrors.concat(body.errors);
   state.lines = body.lines;
   drawRun();
 }
