@@ -256,6 +256,8 @@ CASES = [
     Case("serve", lambda f: ["serve", f["model"], "--port", "70000"], ("--port", "65535"),
          code=2),
     Case("serve", lambda f: ["serve", _out(f, "no_model")], ("no_model",)),
+    Case("serve", lambda f: ["serve", f["model"], "--runs", _out(f, "no_runs")],
+         ("--runs", "no_runs", "not a directory")),
     # quickstart
     Case("quickstart", lambda f: ["quickstart", "--minutes", "0", "--out", _out(f, "qs")],
          ("--minutes",), code=2),

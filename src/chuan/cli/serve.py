@@ -16,6 +16,7 @@ from chuan.cli.options import (
     int_at_least,
     port_number,
 )
+from chuan.errors import InputError
 
 API_KEY_ENV = "CHUAN_API_KEY"
 
@@ -41,6 +42,8 @@ def _serve(args: argparse.Namespace) -> None:
     from chuan.infer.engine import load_engine
     from chuan.infer.server import create_app
 
+    if args.runs and not Path(args.runs).is_dir():
+        raise InputError(f"--runs {args.runs}: not a directory (the training runs to chart)")
     key = api_key(args.api_key)
     if not _is_loopback(args.host) and key is None:
         print(
@@ -63,14 +66,18 @@ def _serve(args: argparse.Namespace) -> None:
         prefix_cache_tokens=args.prefix_cache_tokens,
         max_model_len=args.max_model_len,
     ) as engine:
-        app = create_app(engine, model_name=model_name, api_key=key, grounding=grounding)
+        app = create_app(
+            engine, model_name=model_name, api_key=key, grounding=grounding, runs_dir=args.runs
+        )
         kb = f", answering from {args.kb}" if args.kb else ""
+        runs = f", charting runs in {args.runs}" if args.runs else ""
         print(
-            f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1 "
+            f"serving {args.model} as {model_name!r} on http://{args.host}:{args.port}/v1, "
+            f"web page http://{args.host}:{args.port}/ "
             f"({engine.device}, {args.max_batch} slots of {engine.context_length} tokens "
             f"({engine.pool.bytes / 2**20:,.0f} MiB of KV cache), prefix cache "
             f"{args.prefix_cache_tokens} tokens, key {'required' if key else 'not required'}"
-            f"{kb})",
+            f"{kb}{runs})",
             file=sys.stderr,
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
@@ -87,6 +94,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "sources retrieved with the last user message go into the prompt numbered [n], the "
         "reply's citations are checked, and the response (the last chunk when streamed) has a "
         "top-level `citations` list; POST /v1/kb/search searches the knowledge base. "
+        "GET / is a web page: a streamed chat, and live charts of the training runs under "
+        "--runs. "
         "One worker thread owns the model and batches concurrent requests token by token: a "
         "new request is prefilled and joins the running batch at the next step, a finished one "
         "leaves it at once, each row with its own sampling settings; prompt prefixes seen "
@@ -158,6 +167,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "citations, and serve POST /v1/kb/search; see docs/rag.md",
     )
     add_retrieval_arguments(serve, prefix="--kb-")
+    serve.add_argument(
+        "--runs",
+        metavar="DIR",
+        help="training runs to show on the web page's runs view: DIR/RUN/metrics.jsonl and "
+        "DIR/GROUP/RUN/metrics.jsonl, charted live as they are written",
+    )
     serve.add_argument(
         "--log-level",
         default="info",

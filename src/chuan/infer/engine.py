@@ -540,9 +540,15 @@ class Engine:
             row.job._deliver(TextDelta(row.index, tail, tuple(row.pending)))
             row.pending.clear()
         row.job._deliver(
-            RowFinished(row.index, "length" if reason == "length" else "stop", row.generated,
-                        row.cached, tuple(row.pending), row.prefill_step,
-                        row.first_token_step)  # fmt: skip
+            RowFinished(
+                row.index,
+                "length" if reason == "length" else "stop",
+                row.generated,
+                row.cached,
+                tuple(row.pending),
+                row.prefill_step,
+                row.first_token_step,
+            )  # fmt: skip
         )
 
     def _join_decoding(self, row: _Row) -> None:

@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
@@ -51,6 +52,7 @@ from chuan.infer.engine import (
 from chuan.infer.generate import SamplingConfig
 from chuan.infer.logprobs import TokenText
 from chuan.infer.metrics import prometheus_text
+from chuan.infer.webui import install_web_routes
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -600,13 +602,15 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     grounding: Grounding | None = None,
+    runs_dir: str | Path | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app serving `engine`'s model as `model_name`.
 
     With `api_key`, every `/v1` route needs `Authorization: Bearer <api_key>`; `/health`
     never does. With `grounding`, chat completions answer from its knowledge base with
-    citations, and `POST /v1/kb/search` searches it. The caller owns the engine (and closes
-    it after the server stops).
+    citations, and `POST /v1/kb/search` searches it. The web page at `/` chats with the model
+    and charts the training runs under `runs_dir` (`chuan.infer.webui`). The caller owns the
+    engine (and closes it after the server stops).
     """
     # No /docs or /openapi.json: the surface is exactly the API below.
     app = FastAPI(title="chuan serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -705,4 +709,11 @@ def create_app(
             results = grounding.search_results(body.query, body.k)
             return JSONResponse({"object": "list", "query": body.query, "results": results})
 
+    install_web_routes(
+        app,
+        authorized=authorized,
+        runs_dir=runs_dir,
+        model_name=model_name,
+        grounded=grounding is not None,
+    )
     return app
