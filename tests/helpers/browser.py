@@ -2,8 +2,8 @@
 the system chromedriver, recording every network request the page makes; and the steps every
 page test takes (open the page and give it the key, send a message and wait for the reply).
 
-Missing Chromium is a failure, never a skip: the page is only tested in a browser. `.ci/run`
-installs both packages where they are missing.
+Missing Chromium is a failure, never a skip: the page is only tested in a browser.
+`scripts/install-test-browser` (the first step of the test command) installs both.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-INSTALL = "apt-get install -y chromium chromium-driver"
+INSTALL = "scripts/install-test-browser (apt-get install -y chromium chromium-driver)"
 WAIT_S = 20  # the longest wait for the page to reach a state (a metrics poll is every 2 s)
 
 
