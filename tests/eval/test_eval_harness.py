@@ -14,10 +14,8 @@ import yaml
 
 from chuan.cli import eval_ppl, main
 from chuan.infer.loading import load_model, load_saved_tokenizer
-from chuan.model.checkpoint import init_model_dir
-from chuan.tokenizer.hf import write_tokenizer_dir
-from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
+from helpers.serving import llama_vocab_model_dir
 
 pytestmark = pytest.mark.interop  # CI runs these on the oldest supported transformers too
 
@@ -34,12 +32,7 @@ ITEMS = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, test_data) -> Path:
     """A tiny random model with the LLaMA tokenizer."""
-    root = tmp_path_factory.mktemp("harness")
-    tok = write_tokenizer_dir(
-        root / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
-    )
-    init_model_dir(root / "model", "tiny", tokenizer_dir=tok, seed=11)
-    return root / "model"
+    return llama_vocab_model_dir(test_data, tmp_path_factory.mktemp("harness"))
 
 
 def write_task(root: Path) -> Path:

@@ -1,5 +1,5 @@
-"""A tiny chat model dir and a live `chuan serve` app on a loopback port, for the server tests
-(`tests/infer/test_server.py`) and the knowledge-base server tests (`tests/rag/`)."""
+"""Tiny model dirs and a live `chuan serve` app on a loopback port, for the server tests
+(`tests/infer/`), the knowledge-base server tests (`tests/rag/`) and lm-eval's tests."""
 
 from __future__ import annotations
 
@@ -41,6 +41,36 @@ def chat_model_dir(test_data: Path, root: Path, *, seed: int = 5) -> Path:
     init_model_dir(root / "model", "tiny", tokenizer_dir=root / "tok", seed=seed)
     (root / "model" / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG))
     return root / "model"
+
+
+def llama_vocab_model_dir(test_data: Path, root: Path, *, seed: int = 11) -> Path:
+    """A random `tiny` model dir with the LLaMA tokenizer (32,000 pieces)."""
+    from chuan.model.checkpoint import init_model_dir
+    from chuan.tokenizer.hf import write_tokenizer_dir
+    from chuan.tokenizer.spm import load_proto
+
+    proto = load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
+    tok = write_tokenizer_dir(root / "tok", proto)
+    init_model_dir(root / "model", "tiny", tokenizer_dir=tok, seed=seed)
+    return root / "model"
+
+
+@contextmanager
+def serving(model_dir: Path, *, max_batch: int = 8, **app_settings) -> Iterator[str]:
+    """`chuan serve`'s app (`create_app(engine, **app_settings)`) for `model_dir` on CPU with
+    the dir's generation defaults, on a loopback port; yields the base URL."""
+    from chuan.infer.engine import Engine
+    from chuan.infer.loading import load_model, load_saved_tokenizer
+    from chuan.infer.sampling import generation_defaults
+    from chuan.infer.server import create_app
+
+    model, tokenizer = load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
+    defaults = generation_defaults(model_dir)
+    with (
+        Engine(model, tokenizer, defaults=defaults, max_batch=max_batch) as engine,
+        running(create_app(engine, **app_settings)) as url,
+    ):
+        yield url
 
 
 @contextmanager

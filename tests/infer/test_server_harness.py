@@ -13,17 +13,12 @@ import yaml
 
 from chuan.eval.harness import run_harness, task_manager
 from chuan.infer.chat import build_chat_input
-from chuan.infer.engine import Engine
 from chuan.infer.generate import generate
 from chuan.infer.loading import load_model, load_saved_tokenizer
 from chuan.infer.sampling import generation_defaults
-from chuan.infer.server import create_app
-from chuan.model.checkpoint import init_model_dir
 from chuan.tokenizer.chat_templates import get_template, record_template
-from chuan.tokenizer.hf import write_tokenizer_dir
-from chuan.tokenizer.spm import load_proto
 from helpers.corpus import write_jsonl
-from helpers.serving import running
+from helpers.serving import llama_vocab_model_dir, serving
 
 pytestmark = pytest.mark.interop  # chuan through lm-eval, also on the oldest transformers
 
@@ -37,26 +32,16 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, test_data) -> Path:
-    root = tmp_path_factory.mktemp("served-harness")
-    tok = write_tokenizer_dir(
-        root / "tok", load_proto(test_data / "tokenizers" / "llama" / "tokenizer.model")
-    )
-    init_model_dir(root / "model", "tiny", tokenizer_dir=tok, seed=11)
+    model_dir = llama_vocab_model_dir(test_data, tmp_path_factory.mktemp("served-harness"))
     # LLaMA's vocabulary has no Baichuan role tokens: chat in LLaMA 2's format.
-    record_template(root / "model", get_template("llama2", load_saved_tokenizer(root / "model")))
-    return root / "model"
+    record_template(model_dir, get_template("llama2", load_saved_tokenizer(model_dir)))
+    return model_dir
 
 
 @pytest.fixture(scope="module")
 def served(model_dir):
-    model = load_model(model_dir, device="cpu")
-    tokenizer = load_saved_tokenizer(model_dir)
-    defaults = generation_defaults(model_dir)
-    with (
-        Engine(model, tokenizer, defaults=defaults, max_batch=4) as engine,
-        running(create_app(engine, model_name=NAME)) as url,
-    ):
-        yield url, model, tokenizer
+    with serving(model_dir, max_batch=4, model_name=NAME) as url:
+        yield url, load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
 
 
 def write_tasks(root: Path) -> Path:

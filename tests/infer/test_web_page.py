@@ -18,10 +18,6 @@ import httpx2
 import pytest
 from selenium.webdriver.common.by import By
 
-from chuan.infer.engine import Engine
-from chuan.infer.loading import load_model, load_saved_tokenizer
-from chuan.infer.sampling import generation_defaults
-from chuan.infer.server import create_app
 from helpers.browser import (
     console_messages,
     headless_chromium,
@@ -31,7 +27,7 @@ from helpers.browser import (
     text_content,
     wait_for,
 )
-from helpers.serving import chat_model_dir, running
+from helpers.serving import chat_model_dir, serving
 
 KEY = "page-key"
 NAME = "tiny-page"
@@ -60,12 +56,8 @@ def runs_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def base_url(test_data, tmp_path_factory, runs_dir) -> str:
     model_dir = chat_model_dir(test_data, tmp_path_factory.mktemp("page"))
-    model, tokenizer = load_model(model_dir, device="cpu"), load_saved_tokenizer(model_dir)
-    defaults = generation_defaults(model_dir)
-    with Engine(model, tokenizer, defaults=defaults, max_batch=8) as engine:
-        app = create_app(engine, model_name=NAME, api_key=KEY, runs_dir=runs_dir)
-        with running(app) as url:
-            yield url
+    with serving(model_dir, model_name=NAME, api_key=KEY, runs_dir=runs_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,8 @@ import httpx2
 import openai
 import pytest
 
-from chuan.infer.engine import Engine
-from chuan.infer.loading import load_model, load_saved_tokenizer
-from chuan.infer.sampling import generation_defaults
-from chuan.infer.server import create_app
 from chuan.rag.answer import NO_SOURCE_ANSWER, Retrieval
-from helpers.serving import running
+from helpers.serving import serving
 
 KEY = "kb-key"
 NAME = "tiny-kb"
@@ -34,12 +30,8 @@ def retrieval(glossary_kb) -> Retrieval:
 
 @pytest.fixture(scope="module")
 def base_url(chat_model, retrieval) -> str:
-    model, tokenizer = load_model(chat_model, device="cpu"), load_saved_tokenizer(chat_model)
-    defaults = generation_defaults(chat_model)
-    with Engine(model, tokenizer, defaults=defaults, max_batch=4) as engine:
-        app = create_app(engine, model_name=NAME, api_key=KEY, grounding=retrieval)
-        with running(app) as url:
-            yield url
+    with serving(chat_model, max_batch=4, model_name=NAME, api_key=KEY, grounding=retrieval) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

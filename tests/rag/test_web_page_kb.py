@@ -8,13 +8,9 @@ import httpx2
 import pytest
 from selenium.webdriver.common.by import By
 
-from chuan.infer.engine import Engine
-from chuan.infer.loading import load_model, load_saved_tokenizer
-from chuan.infer.sampling import generation_defaults
-from chuan.infer.server import create_app
 from chuan.rag.answer import Retrieval
 from helpers.browser import headless_chromium, open_page, requested_urls, send, text_content
-from helpers.serving import running
+from helpers.serving import serving
 
 KEY = "kb-page-key"
 NAME = "tiny-kb-page"
@@ -24,12 +20,8 @@ SAMPLING = {"temperature": 1, "seed": 11, "max_tokens": 60}  # as test_serve_kb.
 @pytest.fixture(scope="module")
 def base_url(chat_model, glossary_kb) -> str:
     retrieval = Retrieval.open(glossary_kb, k=3, cite_threshold=0.0)  # cites the model's noise
-    model, tokenizer = load_model(chat_model, device="cpu"), load_saved_tokenizer(chat_model)
-    defaults = generation_defaults(chat_model)
-    with Engine(model, tokenizer, defaults=defaults, max_batch=4) as engine:
-        app = create_app(engine, model_name=NAME, api_key=KEY, grounding=retrieval)
-        with running(app) as url:
-            yield url
+    with serving(chat_model, max_batch=4, model_name=NAME, api_key=KEY, grounding=retrieval) as url:
+        yield url
 
 
 def api_answer(base_url: str, question: str) -> dict:
