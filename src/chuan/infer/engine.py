@@ -136,9 +136,13 @@ Event = TextDelta | RowFinished | PromptScored
 
 
 class Job:
-    """A request's rows inside the engine; its handler reads `events()` and may `cancel()`.
+    """A request's rows inside the engine; its handler reads `events()` (or `batches()`) and
+    may `cancel()`.
 
-    Created on the event loop's thread (`Engine.submit`); the worker only calls `_deliver`.
+    Created on the event loop's thread (`Engine.submit`). The worker hands a step's events
+    over in one call per event loop (`Engine._flush`), not one per event: each
+    `call_soon_threadsafe` wakes the loop through a pipe, and 64 streams would otherwise cost
+    64 wake-ups per decode step.
     """
 
     def __init__(self, rows: Sequence[RowSpec], stop_strings: Sequence[str]):
@@ -147,31 +151,39 @@ class Job:
         self.cancelled = False  # set by the handler, read by the worker
         self.submitted = time.monotonic()
         self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[Event | _Failed] = asyncio.Queue()
+        self._events: asyncio.Queue[list[Event | _Failed]] = asyncio.Queue()
 
     def cancel(self) -> None:
         """Stop generating for this job (the client went away); finished jobs ignore it."""
         self.cancelled = True
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Events of every row, in order, until the last row has finished.
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Every event that has arrived since the last batch, in order, until the last row
+        has finished: a reader that falls behind gets several steps' events at once (the
+        server sends them as one write).
 
-        Raises `GenerationError` when the worker failed on one of this job's rows.
-        """
+        Raises `GenerationError` when the worker failed on one of this job's rows (after the
+        events that came before the failure)."""
         remaining = len(self.rows)
         while remaining:
-            event = await self._events.get()
-            if isinstance(event, _Failed):
-                raise GenerationError(event.message)
-            remaining -= isinstance(event, RowFinished)
-            yield event
+            arrived = await self._events.get()
+            while not self._events.empty():
+                arrived += self._events.get_nowait()
+            batch = []
+            for event in arrived:
+                if isinstance(event, _Failed):
+                    if batch:
+                        yield batch
+                    raise GenerationError(event.message)
+                remaining -= isinstance(event, RowFinished)
+                batch.append(event)
+            yield batch
 
-    def _deliver(self, event: Event | _Failed) -> None:
-        """Hand `event` to the job's loop (worker thread); a closed loop cancels the job."""
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:
-            self.cancelled = True
+    async def events(self) -> AsyncIterator[Event]:
+        """The events of `batches()` one by one."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
 
 @dataclass(eq=False)
@@ -267,6 +279,7 @@ class Engine:
         self._slot_rows: list[_Row | None] = [None] * max_batch
         self._free = set(range(max_batch))
         self._chooser: TokenChooser | None = None  # for `_decoding`, rebuilt when it changes
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Job, Event | _Failed]]] = {}
         self._worker = threading.Thread(target=self._run, name="chuan-engine", daemon=True)
         self._worker.start()
 
@@ -354,6 +367,22 @@ class Engine:
                 if self._decoding:
                     self._guarded(self._decode_step, self._decoding[:])
                 self.metrics.observe_batch(len(self._decoding))
+                self._flush()
+
+    def _post(self, job: Job, event: Event | _Failed) -> None:
+        """Queue `event` for its job; `_flush` hands it over at the end of the step."""
+        self._outbox.setdefault(job._loop, []).append((job, event))
+
+    def _flush(self) -> None:
+        """Hand the step's events to their loops, one call per loop; a closed loop (its
+        client gone) cancels its jobs."""
+        for loop, items in self._outbox.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over, items)
+            except RuntimeError:
+                for job, _ in items:
+                    job.cancelled = True
+        self._outbox = {}
 
     def _take_jobs(self, *, block: bool) -> bool:
         """Move submitted jobs' rows to the waiting line, waiting for the first when `block`;
@@ -441,7 +470,7 @@ class Engine:
             self.prefixes.store(row.prompt, row.slot, self.start)
             row.prefill_step = self.decode_steps
             if row.spec.echo:
-                row.job._deliver(PromptScored(row.index, tuple(row.prompt_logprobs)))
+                self._post(row.job, PromptScored(row.index, tuple(row.prompt_logprobs)))
         generating = [(row, last) for row, last in done if row.spec.generate]
         for row, _ in done:
             if not row.spec.generate:
@@ -514,7 +543,7 @@ class Engine:
                 self._finish(row, "length", text + row.stream.flush())
             else:
                 if text:
-                    row.job._deliver(TextDelta(row.index, text, tuple(row.pending)))
+                    self._post(row.job, TextDelta(row.index, text, tuple(row.pending)))
                     row.pending.clear()
                 row.next_token = token
                 self.pool.tokens[row.slot, row.length - self.start] = token
@@ -537,9 +566,10 @@ class Engine:
         self._release(row)
         self.metrics.finished_rows += 1
         if tail:
-            row.job._deliver(TextDelta(row.index, tail, tuple(row.pending)))
+            self._post(row.job, TextDelta(row.index, tail, tuple(row.pending)))
             row.pending.clear()
-        row.job._deliver(
+        self._post(
+            row.job,
             RowFinished(
                 row.index,
                 "length" if reason == "length" else "stop",
@@ -548,7 +578,7 @@ class Engine:
                 tuple(row.pending),
                 row.prefill_step,
                 row.first_token_step,
-            )  # fmt: skip
+            ),  # fmt: skip
         )
 
     def _join_decoding(self, row: _Row) -> None:
@@ -599,10 +629,19 @@ class Engine:
             log.exception("generation failed")
             message = f"generation failed: {type(err).__name__}: {err}"
             for job in {id(r.job): r.job for r in rows if not r.done}.values():
-                job._deliver(_Failed(message))
+                self._post(job, _Failed(message))
                 job.cancelled = True
             for row in rows:
                 self._release(row)
+
+
+def _hand_over(items: list[tuple[Job, Event | _Failed]]) -> None:
+    """Put a step's events into their jobs' queues, one list per job (on the job's loop)."""
+    by_job: dict[int, tuple[Job, list]] = {}
+    for job, event in items:
+        by_job.setdefault(id(job), (job, []))[1].append(event)
+    for job, events in by_job.values():
+        job._events.put_nowait(events)
 
 
 def _logprobs_of(logps: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:

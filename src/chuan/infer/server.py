@@ -381,10 +381,17 @@ class _FixedJob:
     def __init__(self, rows: int, text: str):
         self.rows = [text] * rows
 
+    async def batches(self) -> AsyncIterator[list[TextDelta | RowFinished]]:
+        yield [
+            event
+            for row, text in enumerate(self.rows)
+            for event in (TextDelta(row, text), RowFinished(row, "stop", 0))
+        ]
+
     async def events(self) -> AsyncIterator[TextDelta | RowFinished]:
-        for row, text in enumerate(self.rows):
-            yield TextDelta(row, text)
-            yield RowFinished(row, "stop", 0)
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
     def cancel(self) -> None:
         pass
@@ -395,6 +402,21 @@ def _sse(payload: BaseModel | dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+def _merged(batch: list) -> list:
+    """`batch` with each run of text deltas of one row joined into one: a client reading
+    slower than the model decodes gets fewer, longer chunks instead of a growing backlog."""
+    merged: list = []
+    for event in batch:
+        last = merged[-1] if merged else None
+        if isinstance(event, TextDelta) and isinstance(last, TextDelta) and last.row == event.row:
+            merged[-1] = TextDelta(
+                event.row, last.text + event.text, last.logprobs + event.logprobs
+            )
+        else:
+            merged.append(event)
+    return merged
+
+
 async def _stream(
     job: Job | _FixedJob,
     fmt: Format,
@@ -403,8 +425,9 @@ async def _stream(
     citing: _Citing | None,
 ) -> AsyncIterator[str]:
     """Server-sent events: the echoed prompt (completions with `echo`), one chunk per text
-    delta, a finish chunk per choice, optionally a usage chunk, then `[DONE]`. Leaving early
-    (the client went away) cancels the job.
+    delta, a finish chunk per choice, optionally a usage chunk, then `[DONE]`. What arrived
+    together is sent in one write (`Job.batches`, `_merged`). Leaving early (the client went
+    away) cancels the job.
 
     With `citing`, a choice's text is sent a sentence at a time, citations checked, and the
     last chunk (empty `choices`, with the usage when asked for) carries `citations`. Token
@@ -414,26 +437,29 @@ async def _stream(
     cached = [0] * len(prompts)
     waiting: dict[int, list[TokenLogprob]] = {}
     try:
-        for chunk in fmt.opening(len(job.rows)):
-            yield _sse(chunk)
-        async for event in job.events():
-            row = event.row
-            if isinstance(event, PromptScored):
-                yield _sse(fmt.prompt_chunk(row, prompts[row // n], event.tokens))
-                continue
-            waiting.setdefault(row, []).extend(event.logprobs)
-            if isinstance(event, TextDelta):
-                text = event.text if citing is None else citing.push(row, event.text)
-                if text:
-                    yield _sse(fmt.chunk(row, text, None, waiting.pop(row)))
-                continue
-            rest = "" if citing is None else citing.flush(row)
-            if rest:
-                yield _sse(fmt.chunk(row, rest, None, waiting.pop(row)))
-            completion_tokens += event.completion_tokens
-            if row % n == 0:
-                cached[row // n] = event.cached_tokens
-            yield _sse(fmt.chunk(row, None, event.reason, waiting.pop(row, ())))
+        out = [_sse(chunk) for chunk in fmt.opening(len(job.rows))]
+        async for batch in job.batches():
+            for event in _merged(batch):
+                row = event.row
+                if isinstance(event, PromptScored):
+                    out.append(_sse(fmt.prompt_chunk(row, prompts[row // n], event.tokens)))
+                    continue
+                waiting.setdefault(row, []).extend(event.logprobs)
+                if isinstance(event, TextDelta):
+                    text = event.text if citing is None else citing.push(row, event.text)
+                    if text:
+                        out.append(_sse(fmt.chunk(row, text, None, waiting.pop(row))))
+                    continue
+                rest = "" if citing is None else citing.flush(row)
+                if rest:
+                    out.append(_sse(fmt.chunk(row, rest, None, waiting.pop(row))))
+                completion_tokens += event.completion_tokens
+                if row % n == 0:
+                    cached[row // n] = event.cached_tokens
+                out.append(_sse(fmt.chunk(row, None, event.reason, waiting.pop(row, ()))))
+            if out:
+                yield "".join(out)
+            out = []
         if include_usage or citing is not None:
             usage = _usage(prompts, completion_tokens, cached) if include_usage else None
             last = oa.dump(fmt.usage_chunk(usage))
