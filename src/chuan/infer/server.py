@@ -398,8 +398,12 @@ class _FixedJob:
 
 
 def _sse(payload: BaseModel | dict) -> str:
-    data = payload if isinstance(payload, dict) else oa.dump(payload)
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One server-sent event; a model is serialised by pydantic's compiled JSON writer (the
+    per-chunk cost of a stream), compact and with non-ASCII text as is, like `json.dumps`
+    below."""
+    if isinstance(payload, BaseModel):
+        return f"data: {payload.model_dump_json()}\n\n"
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 def _merged(batch: list) -> list:
