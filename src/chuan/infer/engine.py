@@ -364,6 +364,7 @@ class Engine:
                 if self._prefilling:
                     rows = self._prefilling[:]
                     self._guarded(self._prefill_step, rows)
+                    self._flush()  # first tokens go out before the decode step
                 if self._decoding:
                     self._guarded(self._decode_step, self._decoding[:])
                 self.metrics.observe_batch(len(self._decoding))
