@@ -2,8 +2,9 @@
 
 The format is a few lines per metric, so it is written here rather than through
 prometheus_client, whose process-wide registry would mix the metrics of every engine a test
-process starts. The engine's worker thread is the only writer of `EngineMetrics`; the HTTP
-side reads it (plain ints and floats, read whole).
+process starts. The engine's worker thread writes `EngineMetrics` (`rejected` is counted by
+`Engine.submit` under the engine's lock); the HTTP side reads it (plain ints and floats,
+read whole).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from chuan.infer.slots import SlotPool
 class _Block:
     index: int  # where its keys/values are stored
     link: int  # the number its children are keyed by
-    key: tuple
 
 
 class PrefixCache:
@@ -118,6 +117,6 @@ class PrefixCache:
             _, old = self._blocks.popitem(last=False)
             self._free.append(old.index)
         self._links += 1
-        block = _Block(self._free.pop(), self._links, key)
+        block = _Block(self._free.pop(), self._links)
         self._blocks[key] = block
         return block

@@ -15,8 +15,8 @@ The price is memory: a slot reserves `capacity` positions whether its row uses t
 (`docs/serve.md` gives the sizes).
 
 `DecodeView` and `PrefillView` are the cache objects one forward pass writes through: they
-answer `update(key, value, layer)` like a transformers `Cache`, writing each row's new keys at
-its own positions, and carry the positions and mask the model needs
+answer the model attention's `update(key, value, layer)`, writing each row's new keys at its
+own positions, and carry the positions and mask the model needs
 (`chuan.model.positions.explicit_attention_spec`).
 """
 
@@ -127,9 +127,6 @@ class DecodeView:
         d = len(self.rows)
         return keys[:d, :, : self.length], values[:d, :, : self.length]
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length - 1
-
 
 class PrefillView:
     """One prefill forward over rows in any slots: each row's new tokens are left-padded to
@@ -166,6 +163,3 @@ class PrefillView:
         past_keys = keys[self.slots, :, : self.past_width]
         past_values = values[self.slots, :, : self.past_width]
         return torch.cat((past_keys, key), dim=2), torch.cat((past_values, value), dim=2)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.past_width
